@@ -1,0 +1,20 @@
+"""captum_gndi: G-NDI (General Neuro-Dynamic Importance) layer importance for Captum.
+
+G-NDI scores a layer L by ``E_x || J_{>L}(x) (h_L(x) - b_L) ||_p``, the first-order estimate of
+how far the model output moves under the intervention do(h_L := b_L).
+"""
+
+from .attr import LayerGNDI
+from .interventions import InterventionError, LayerCall
+from .scoring import GNDIResult, compute_gndi, mean_activations
+
+__all__ = [
+    "GNDIResult",
+    "InterventionError",
+    "LayerCall",
+    "LayerGNDI",
+    "compute_gndi",
+    "mean_activations",
+]
+
+__version__ = "0.1.0"

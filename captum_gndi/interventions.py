@@ -1,0 +1,239 @@
+"""The one place where captum_gndi touches a model's layers.
+
+Every computation in the package (G-NDI in forward or reverse mode, true ablations, activation
+capture, baselines estimated over a data set) goes through :func:`intervene`: a context manager
+that registers one forward hook (or forward pre-hook) per module, hands the layer's activation to
+an ``edit`` callback that may replace it, counts how often each module runs, and always removes
+its hooks, also when the forward pass raises.
+
+An *intervention point* is either a module (which must run exactly once per forward pass) or a
+:class:`LayerCall`, which names one call of a module that runs several times per forward pass
+(ALBERT's shared layers, a reused activation module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "InterventionError",
+    "LayerCall",
+    "LayerSpec",
+    "intervene",
+    "layer_label",
+    "check_layers_in_model",
+]
+
+
+class InterventionError(ValueError):
+    """Raised when a layer cannot be intervened on as asked (never called, called twice, ...)."""
+
+
+@dataclass(frozen=True, eq=False)
+class LayerCall:
+    """One call of a module that runs several times per forward pass.
+
+    Args:
+        module: The module (for example ALBERT's shared transformer layer).
+        call_index: Which call to intervene on, counting from 0 in execution order.
+        name: Optional readable name used in tables and error messages.
+
+    Examples:
+        >>> shared = albert.encoder.albert_layer_groups[0].albert_layers[0]
+        >>> LayerGNDI(albert_embedding, LayerCall(shared, 3)).attribute(input_ids)
+    """
+
+    module: nn.Module
+    call_index: int
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, nn.Module):
+            raise TypeError(f"LayerCall needs an nn.Module, got {type(self.module).__name__}.")
+        if self.call_index < 0:
+            raise ValueError(f"LayerCall.call_index must be >= 0, got {self.call_index}.")
+
+
+LayerSpec = Union[nn.Module, LayerCall]
+"""A module that runs once per forward pass, or one call of a module that runs several times."""
+
+# edit(position_in_layers, activation) -> replacement activation, or None to leave it unchanged
+EditFn = Callable[[int, Tensor], Union[Tensor, None]]
+
+
+def layer_label(layer: LayerSpec, model: nn.Module | None = None) -> str:
+    """A readable name for an intervention point: its dotted name in ``model`` where known."""
+    module = layer.module if isinstance(layer, LayerCall) else layer
+    name = layer.name if isinstance(layer, LayerCall) else None
+    if name is None and model is not None:
+        name = next((n for n, m in model.named_modules() if m is module), None)
+    if name is None:
+        name = type(module).__name__
+    return f"{name}[call {layer.call_index}]" if isinstance(layer, LayerCall) else name
+
+
+def check_layers_in_model(model: Any, layers: Sequence[LayerSpec]) -> None:
+    """Raise a clear error if ``model`` is a module and a layer is not one of its submodules."""
+    if not isinstance(model, nn.Module):
+        return  # an arbitrary forward function: a layer that never runs is caught after the call
+    known = {id(m) for m in model.modules()}
+    for layer in layers:
+        module = layer.module if isinstance(layer, LayerCall) else layer
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"Layers must be nn.Module or LayerCall objects, got {type(layer).__name__}. "
+                "Pass e.g. model.layer3, or resolve a dotted name with captum_gndi.get_layer."
+            )
+        if id(module) not in known:
+            raise InterventionError(
+                f"Layer {type(module).__name__} is not a submodule of the model "
+                f"{type(model).__name__}. Pass a module taken from this model instance "
+                "(model.named_modules() lists them; captum_gndi.find_layers suggests good ones)."
+            )
+
+
+def _first_tensor_index(values: Sequence[Any]) -> int | None:
+    return next((i for i, v in enumerate(values) if isinstance(v, Tensor)), None)
+
+
+def _get_activation(value: Any, where: str) -> tuple[Tensor, Callable[[Tensor], Any]]:
+    """Split a layer's output (or input) into the tensor to intervene on and a rebuild function."""
+    if isinstance(value, Tensor):
+        return value, lambda t: t
+    if isinstance(value, (tuple, list)):
+        index = _first_tensor_index(value)
+        if index is not None:
+
+            def rebuild(t: Tensor) -> Any:
+                items = list(value)
+                items[index] = t
+                return type(value)(items) if isinstance(value, tuple) else items
+
+            return value[index], rebuild
+    raise InterventionError(
+        f"The {where} is a {type(value).__name__}, not a tensor (or a tuple holding one), so "
+        "G-NDI cannot intervene on it. Pick a submodule whose output is a tensor."
+    )
+
+
+@dataclass
+class _Site:
+    position: int
+    call_index: int | None  # None: the module must run exactly once
+
+
+class _CallCounter:
+    def __init__(self, labels: list[str], sites: dict[int, tuple[nn.Module, list[_Site]]]):
+        self.labels = labels
+        self.sites = sites
+        self.calls = {key: 0 for key in sites}
+
+    def verify(self) -> None:
+        for key, (module, sites) in self.sites.items():
+            count = self.calls[key]
+            for site in sites:
+                label = self.labels[site.position]
+                if count == 0:
+                    raise InterventionError(
+                        f"Layer '{label}' ({type(module).__name__}) was never called in the "
+                        "forward pass, so intervening on it changes nothing. Pick a module that "
+                        "the forward pass uses (captum_gndi.describe_layers lists them)."
+                    )
+                if site.call_index is None and count > 1:
+                    raise InterventionError(
+                        f"Layer '{label}' ({type(module).__name__}) was called {count} times in "
+                        "one forward pass; G-NDI needs one activation per layer. Wrap it as "
+                        f"captum_gndi.LayerCall(module, call_index=k) with 0 <= k < {count} to "
+                        "intervene on the k-th call, or pick a submodule that runs once."
+                    )
+                if site.call_index is not None and site.call_index >= count:
+                    raise InterventionError(
+                        f"Layer '{label}' asks for call {site.call_index}, but the module ran "
+                        f"only {count} times in one forward pass (valid: 0..{count - 1})."
+                    )
+
+
+@contextmanager
+def intervene(
+    layers: Sequence[LayerSpec],
+    edit: EditFn,
+    *,
+    on_input: bool = False,
+    labels: Sequence[str] | None = None,
+) -> Iterator[_CallCounter]:
+    """Hook ``layers`` for the duration of one forward pass.
+
+    For each intervention point, ``edit(position, activation)`` receives the layer's output
+    tensor (its first tensor argument with ``on_input=True``; the tensor element of a tuple
+    output) and returns a tensor that replaces it downstream, or ``None`` to leave it unchanged.
+    After a successful forward pass the context checks that every point ran as specified
+    (a plain module exactly once, a :class:`LayerCall` at least ``call_index + 1`` times) and
+    raises :class:`InterventionError` otherwise. Hooks are removed in all cases.
+
+    Args:
+        layers: Modules or :class:`LayerCall` objects, in any order; duplicates are allowed.
+        edit: Callback ``(position in layers, activation) -> replacement or None``.
+        on_input: Intervene on the layer's input instead of its output.
+        labels: Names used in error messages, one per layer.
+
+    Yields:
+        A call counter (``.calls`` maps module ids to the number of calls seen).
+    """
+    labels = list(labels) if labels is not None else [layer_label(layer) for layer in layers]
+    sites: dict[int, tuple[nn.Module, list[_Site]]] = {}
+    for position, layer in enumerate(layers):
+        module = layer.module if isinstance(layer, LayerCall) else layer
+        call_index = layer.call_index if isinstance(layer, LayerCall) else None
+        sites.setdefault(id(module), (module, []))[1].append(_Site(position, call_index))
+    counter = _CallCounter(labels, sites)
+
+    def make_hooks(key: int, module_sites: list[_Site]):
+        def apply(value: Any, where: str) -> Any:
+            call = counter.calls[key]
+            counter.calls[key] += 1
+            active = [s for s in module_sites if s.call_index is None or s.call_index == call]
+            if not active:
+                return None
+            tensor, rebuild = _get_activation(value, where)
+            changed = False
+            for site in active:
+                replacement = edit(site.position, tensor)
+                if replacement is not None:
+                    tensor, changed = replacement, True
+            return rebuild(tensor) if changed else None
+
+        def output_hook(module: nn.Module, args: Any, output: Any) -> Any:
+            return apply(output, f"output of layer '{labels[module_sites[0].position]}'")
+
+        def input_hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+            where = f"input of layer '{labels[module_sites[0].position]}'"
+            if _first_tensor_index(args) is not None:
+                new_args = apply(args, where)
+                return None if new_args is None else (new_args, kwargs)
+            names = [k for k, v in kwargs.items() if isinstance(v, Tensor)]
+            if not names:
+                raise InterventionError(f"The {where} holds no tensor to intervene on.")
+            new_value = apply(kwargs[names[0]], where)
+            return None if new_value is None else (args, {**kwargs, names[0]: new_value})
+
+        return output_hook, input_hook
+
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        for key, (module, module_sites) in sites.items():
+            output_hook, input_hook = make_hooks(key, module_sites)
+            if on_input:
+                handles.append(module.register_forward_pre_hook(input_hook, with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(output_hook))
+        yield counter
+        counter.verify()
+    finally:
+        for handle in handles:
+            handle.remove()
