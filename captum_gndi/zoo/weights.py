@@ -77,9 +77,7 @@ def read_state_dict(source: WeightsSource) -> dict[str, Tensor]:
         )
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(v, Tensor) for v in loaded.values()
-    ):
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise ValueError(
             f"{origin} holds no state dict (expected a mapping of names to tensors, "
             "optionally under 'state_dict'); save one with torch.save(model.state_dict(), path)"
@@ -105,8 +103,19 @@ def load_weights(model: nn.Module, source: WeightsSource, model_name: str) -> nn
         >>> load_weights(captum_cifar_cnn(), "captum_cifar_torchvision.pt", "captum-cifar-cnn")
     """
     state = read_state_dict(source)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"checkpoint does not fit {model_name}: {_mismatch(model.state_dict(), state)}; "
+            "pass the checkpoint made for this architecture"
+        ) from err
+    return model
+
+
+def _mismatch(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> str:
+    # Old checkpoints lack BatchNorm's num_batches_tracked, which load_state_dict tolerates.
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(
         k for k in set(expected) & set(state) if expected[k].shape != state[k].shape
@@ -119,11 +128,5 @@ def load_weights(model: nn.Module, source: WeightsSource, model_name: str) -> nn
     ):
         if keys:
             shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-            problems.append(f"{len(keys)} {label} ({shown})")
-    if problems:
-        raise ValueError(
-            f"checkpoint does not fit {model_name}: {'; '.join(problems)}; "
-            "pass the checkpoint made for this architecture"
-        )
-    model.load_state_dict(state, strict=True)
-    return model
+            problems.append(f"{len(keys)} {label} keys ({shown})")
+    return "; ".join(problems) or "keys do not match"
