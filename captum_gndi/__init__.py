@@ -4,6 +4,16 @@ G-NDI scores a layer L by ``E_x || J_{>L}(x) (h_L(x) - b_L) ||_p``, the first-or
 how far the model output moves under the intervention do(h_L := b_L).
 """
 
+from . import zoo
+from .adapters import (
+    describe_layers,
+    eager_attention,
+    find_layers,
+    get_layer,
+    model_logits,
+    register_adapter,
+    sentence_embedding,
+)
 from .attr import LayerGNDI
 from .interventions import InterventionError, LayerCall
 from .scoring import GNDIResult, compute_gndi, mean_activations
@@ -14,7 +24,15 @@ __all__ = [
     "LayerCall",
     "LayerGNDI",
     "compute_gndi",
+    "describe_layers",
+    "eager_attention",
+    "find_layers",
+    "get_layer",
     "mean_activations",
+    "model_logits",
+    "register_adapter",
+    "sentence_embedding",
+    "zoo",
 ]
 
 __version__ = "0.1.0"
