@@ -1,0 +1,17 @@
+"""Shared pytest fixtures."""
+
+from pathlib import Path
+
+import pytest
+
+from captum_gndi.zoo import shared_data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder (``$CAPTUM_GNDI_DATA`` or ``<repo>/../shared/data``), else skip."""
+    root = shared_data_dir()
+    if root is None or not root.is_dir():
+        where = root or "<repo root>/../shared/data"
+        pytest.skip(f"shared data folder not found at {where}; set CAPTUM_GNDI_DATA to its path")
+    return root
