@@ -1,0 +1,38 @@
+"""Where to intervene: intervention points of common model families, by name.
+
+:func:`find_layers` returns a model's intervention points at a chosen granularity (residual
+blocks, residual branches, attention/MLP sublayers, convolutions, linear layers),
+:func:`describe_layers` prints them with what an intervention there means, :func:`get_layer`
+resolves a dotted name, and :func:`register_adapter` teaches all three a model class of your
+own. torchvision and transformers are imported only when a model from them is passed in.
+``docs/adapters.md`` has the table of points per family.
+"""
+
+from .describe import describe_layers
+from .generic import GRANULARITIES, LayerNotFoundError, Point, get_layer
+from .registry import Adapter, find_layers, find_points, register_adapter, unregister_adapter
+from .transformers import (
+    ModelLogits,
+    SentenceEmbedding,
+    eager_attention,
+    model_logits,
+    sentence_embedding,
+)
+
+__all__ = [
+    "GRANULARITIES",
+    "Adapter",
+    "LayerNotFoundError",
+    "ModelLogits",
+    "Point",
+    "SentenceEmbedding",
+    "describe_layers",
+    "eager_attention",
+    "find_layers",
+    "find_points",
+    "get_layer",
+    "model_logits",
+    "register_adapter",
+    "sentence_embedding",
+    "unregister_adapter",
+]

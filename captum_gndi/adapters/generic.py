@@ -1,0 +1,275 @@
+"""Pieces shared by all adapters: granularities, intervention points, the generic walk, names.
+
+An adapter turns a model into an ordered list of :class:`Point` objects: a name, the module (or
+:class:`~captum_gndi.LayerCall`) to intervene on, and a plain-words meaning of zeroing it. This
+module holds what every adapter needs and the *generic walk* used for architectures no adapter
+knows: leaf convolutions and linear layers, plus residual blocks recognised by a ``downsample``
+or ``shortcut`` attribute.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..interventions import LayerCall, LayerSpec
+
+__all__ = [
+    "GRANULARITIES",
+    "LayerNotFoundError",
+    "Point",
+    "UnsupportedGranularity",
+    "check_granularity",
+    "generic_points",
+    "get_layer",
+    "is_linear",
+    "leaf_points",
+]
+
+GRANULARITIES = ("auto", "block", "branch", "attention", "mlp", "conv", "linear")
+"""Valid ``granularity`` values of :func:`~captum_gndi.find_layers`."""
+
+SHORTCUT_ATTRIBUTES = ("downsample", "shortcut")
+"""Attributes that mark a module as a residual block in the generic walk."""
+
+KILLS_DOWNSTREAM = "zeroing this kills everything downstream (no shortcut bypasses it)"
+
+
+class UnsupportedGranularity(ValueError):
+    """Raised by an adapter for a granularity its model family does not have."""
+
+
+class LayerNotFoundError(KeyError, ValueError):
+    """A dotted layer name that the model does not contain (a ``KeyError`` and a ``ValueError``)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One intervention point found by an adapter.
+
+    Attributes:
+        name: Dotted name relative to the model passed to ``find_layers`` (``"[call k]"`` is
+            appended for one call of a module that runs several times).
+        layer: The module, or the :class:`~captum_gndi.LayerCall`, to intervene on.
+        kind: What the point is: ``"block"``, ``"branch"``, ``"attention"``, ``"mlp"``,
+            ``"conv"``, ``"linear"`` or ``"custom"`` (from a user adapter).
+        meaning: What setting this activation to zero does, in plain words.
+    """
+
+    name: str
+    layer: LayerSpec
+    kind: str
+    meaning: str
+
+
+def check_granularity(granularity: str) -> str:
+    """Validate a ``granularity`` argument.
+
+    Args:
+        granularity: The requested granularity.
+
+    Returns:
+        The granularity, unchanged.
+
+    Raises:
+        ValueError: If it is not one of :data:`GRANULARITIES` (the message lists them).
+
+    Examples:
+        >>> check_granularity("branch")
+        'branch'
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"granularity must be one of {', '.join(map(repr, GRANULARITIES))}; "
+            f"got {granularity!r}."
+        )
+    return granularity
+
+
+def module_of(layer: LayerSpec) -> nn.Module:
+    """The module behind an intervention point."""
+    return layer.module if isinstance(layer, LayerCall) else layer
+
+
+def is_conv(module: nn.Module) -> bool:
+    """Whether ``module`` is a convolution (any dimension, transposed included)."""
+    return isinstance(module, nn.modules.conv._ConvNd)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is a linear layer: ``nn.Linear`` or Hugging Face's GPT-2 ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return True
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+
+
+def _functional_submodules(model: nn.Module) -> set[int]:
+    """Modules that hold weights but are never called (``nn.MultiheadAttention.out_proj``)."""
+    return {
+        id(module.out_proj)
+        for module in model.modules()
+        if isinstance(module, nn.MultiheadAttention)
+    }
+
+
+def leaf_points(
+    model: nn.Module,
+    kind: str,
+    contexts: Mapping[str, str] | None = None,
+) -> list[Point]:
+    """Every leaf convolution (``kind="conv"``) or linear layer (``kind="linear"``).
+
+    Args:
+        model: The model to walk (names are relative to it).
+        kind: ``"conv"`` or ``"linear"``.
+        contexts: Meanings by name prefix: a leaf inside ``prefix`` gets ``contexts[prefix]``
+            (the longest matching prefix wins); other leaves kill everything downstream.
+
+    Returns:
+        The points in ``named_modules`` order. ``nn.MultiheadAttention.out_proj`` is left out:
+        the attention calls its weights functionally, so the module never runs.
+    """
+    test = is_conv if kind == "conv" else is_linear
+    skipped = _functional_submodules(model)
+    prefixes = sorted((contexts or {}).items(), key=lambda item: -len(item[0]))
+    points = []
+    for name, module in model.named_modules():
+        if not name or id(module) in skipped or not test(module):
+            continue
+        meaning = next(
+            (text for prefix, text in prefixes if (name + ".").startswith(prefix + ".")),
+            KILLS_DOWNSTREAM,
+        )
+        points.append(Point(name, module, kind, meaning))
+    return points
+
+
+def branch_contexts(blocks: Iterable[tuple[str, Iterable[str]]]) -> dict[str, str]:
+    """Leaf meanings inside residual blocks, given ``(block name, shortcut child names)``."""
+    contexts = {}
+    for block, shortcuts in blocks:
+        contexts[block] = (
+            f"zeroing this changes only the residual branch of {block}; its shortcut still "
+            "carries the signal past it"
+        )
+        for child in shortcuts:
+            contexts[f"{block}.{child}"] = (
+                f"zeroing this removes the projection shortcut of {block}; its residual branch "
+                "still runs"
+            )
+    return contexts
+
+
+def _outermost(named: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    kept: list[tuple[str, nn.Module]] = []
+    for name, module in named:
+        if not any(name.startswith(outer + ".") for outer, _ in kept):
+            kept.append((name, module))
+    return kept
+
+
+def generic_points(model: nn.Module, granularity: str) -> list[Point]:
+    """The generic walk, for architectures that no adapter knows.
+
+    ``"conv"``/``"linear"`` give leaf layers, ``"auto"`` both, and ``"block"`` the modules with
+    a ``downsample`` or ``shortcut`` attribute (the usual mark of a residual block). Where a
+    residual branch ends, or which modules are attention and MLP sublayers, cannot be read off
+    the module tree, so those granularities need an adapter.
+
+    Args:
+        model: The model.
+        granularity: One of :data:`GRANULARITIES`.
+
+    Returns:
+        The points in ``named_modules`` order.
+
+    Raises:
+        UnsupportedGranularity: For ``"branch"``, ``"attention"``, ``"mlp"``, or ``"block"``
+            when no module has a shortcut attribute.
+
+    Examples:
+        >>> [p.name for p in generic_points(nn.Sequential(nn.Linear(2, 2)), "linear")]
+        ['0']
+    """
+    blocks = _outermost(
+        [
+            (name, module)
+            for name, module in model.named_modules()
+            if name and any(hasattr(module, attr) for attr in SHORTCUT_ATTRIBUTES)
+        ]
+    )
+    if granularity in ("conv", "linear", "auto"):
+        shortcuts = [
+            (name, [a for a in SHORTCUT_ATTRIBUTES if isinstance(getattr(m, a, None), nn.Module)])
+            for name, m in blocks
+        ]
+        contexts = branch_contexts(shortcuts)
+        kinds = ("conv", "linear") if granularity == "auto" else (granularity,)
+        points = [p for kind in kinds for p in leaf_points(model, kind, contexts)]
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        return sorted(points, key=lambda p: order[p.name])
+    if granularity == "block":
+        if not blocks:
+            raise UnsupportedGranularity(
+                "the generic walk found no residual blocks (modules with a "
+                f"{' or '.join(map(repr, SHORTCUT_ATTRIBUTES))} attribute)"
+            )
+        return [
+            Point(name, module, "block", f"zeroing this kills everything downstream of {name}")
+            for name, module in blocks
+        ]
+    raise UnsupportedGranularity(
+        f"the generic walk cannot tell {granularity!r} points from the module tree; register "
+        "an adapter for this model class with captum_gndi.register_adapter"
+    )
+
+
+_CALL_SUFFIX = re.compile(r"^(?P<name>.*)\[call (?P<k>\d+)\]$")
+
+
+def get_layer(model: nn.Module, name: str) -> LayerSpec:
+    """Resolve a dotted layer name to the module (or :class:`~captum_gndi.LayerCall`).
+
+    Names are those of ``model.named_modules()``; list indices may be written either way
+    (``"layer3.1.bn2"`` or ``"layer3[1].bn2"``), and a ``"[call k]"`` suffix, as in the names
+    :func:`~captum_gndi.find_layers` gives for shared modules, returns ``LayerCall(module, k)``.
+
+    Args:
+        model: The model.
+        name: The dotted name.
+
+    Returns:
+        The submodule, or a ``LayerCall`` for a name ending in ``"[call k]"``.
+
+    Raises:
+        LayerNotFoundError: (a ``KeyError`` and ``ValueError``) if there is no such module;
+            the message lists the closest names.
+
+    Examples:
+        >>> bn = get_layer(resnet, "layer3.1.bn2")
+        >>> call = get_layer(albert, "encoder.albert_layer_groups.0.albert_layers.0[call 2]")
+    """
+    call = _CALL_SUFFIX.match(name.strip())
+    path = call.group("name") if call else name.strip()
+    path = re.sub(r"\[(\d+)\]", r".\1", path).strip(".")
+    modules = dict(model.named_modules())
+    if path in modules:
+        module = modules[path]
+        return LayerCall(module, int(call.group("k")), name=path) if call else module
+    what = "is a parameter, not a module" if path in dict(model.named_parameters()) else ""
+    close = difflib.get_close_matches(path, [n for n in modules if n], n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise LayerNotFoundError(
+        f"{type(model).__name__} "
+        + (f"{name!r} {what}." if what else f"has no layer {name!r}.")
+        + f"{hint} model.named_modules() lists all names; captum_gndi.describe_layers lists "
+        "good intervention points."
+    )
