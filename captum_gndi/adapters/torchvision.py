@@ -41,7 +41,7 @@ from .generic import (
 
 __all__ = ["is_torchvision_model", "torchvision_points"]
 
-_PLAIN_FAMILIES = ("VGG", "AlexNet")
+_PLAIN_FAMILIES = ("VGG", "AlexNet", "CaptumCifarNet")
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,32 @@ class _Block:
     mlp: str | None = None
 
 
+_MODULE_PREFIXES = ("torchvision.models.", "captum_gndi.zoo.")
+
+
 def is_torchvision_model(model: nn.Module) -> bool:
-    """Whether ``model`` contains a module defined in ``torchvision.models``."""
-    return any(type(m).__module__.startswith("torchvision.models.") for m in model.modules())
+    """Whether ``model`` contains a module of ``torchvision.models`` or of the project's zoo
+    (whose CIFAR/digits ResNets use torchvision-style residual blocks)."""
+    return any(type(m).__module__.startswith(_MODULE_PREFIXES) for m in model.modules())
 
 
 def _shortcuts(module: nn.Module, *names: str) -> tuple[str, ...]:
-    return tuple(n for n in names if isinstance(getattr(module, n, None), nn.Module))
+    return tuple(
+        n
+        for n in names
+        if isinstance(getattr(module, n, None), nn.Module)
+        and not isinstance(getattr(module, n), nn.Identity)
+    )
 
 
 def _classify(name: str, module: nn.Module) -> _Block | None:
+    from ..zoo.cifar_resnet import BasicBlock as ZooBasicBlock
+    from ..zoo.resnet18_cifar import TorchvisionBasicBlock
+
+    if isinstance(module, (ZooBasicBlock, TorchvisionBasicBlock)):
+        return _Block(name, module, "residual", "bn2", _shortcuts(module, "shortcut", "downsample"))
+    if not type(module).__module__.startswith("torchvision."):
+        return None
     from torchvision.models import (
         convnext,
         densenet,
