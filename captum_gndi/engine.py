@@ -8,12 +8,19 @@ Scores are p-norms of effects over ``K`` (:func:`effect_norms`).
 
 Two engines compute the same numbers:
 
-- forward mode (:func:`forward_effects`): a hook turns h into a dual tensor with tangent
-  ``h - b``; one forward pass per layer (per channel for channel granularity, per integration
-  point for path-integrated G-NDI);
+- forward mode (:func:`forward_effects`): every intervention point gets a scalar ``s_L`` (one
+  per channel for channel granularity) and its activation becomes ``h_L + s_L (h_L - b_L)``;
+  the Jacobian-vector product with respect to ``s_L`` at ``s = 0`` is ``J_{>L} (h_L - b_L)``.
+  ``torch.func.vmap`` over ``torch.func.jvp`` pushes many tangents through one forward pass:
+  first-order G-NDI of L layers takes about sqrt(L) passes over groups of consecutive layers
+  (at most ``tangent_chunk`` tangents each), instead of one pass per layer. Models that
+  ``torch.func`` cannot transform (e.g. a legacy ``autograd.Function`` without
+  ``setup_context``) fall back to one ``torch.autograd.forward_ad`` pass per tangent.
 - reverse mode (:func:`reverse_effects`): one forward pass that adds a zero leaf ``eps_L`` to
   every layer's activation, and ``K`` vector-Jacobian products (batched with
-  ``is_grads_batched``) give dy_k/dh_L for all layers at once; ``J(h - b) = <dy/dh, h - b>``.
+  ``is_grads_batched`` when ``vjp_chunk > 1``) give dy_k/dh_L for all layers at once;
+  ``J(h - b) = <dy/dh, h - b>`` is summed to the requested granularity one output dimension (one
+  chunk) at a time, so memory holds ``vjp_chunk`` gradients at a time.
 
 :func:`true_effects` computes the exact intervention effect ``f(x) - f(x; do(h_L := b_L))``.
 """
@@ -21,6 +28,7 @@ Two engines compute the same numbers:
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +61,13 @@ Granularity = Literal["layer", "channel", "unit"]
 Mode = Literal["auto", "forward", "reverse"]
 GRANULARITIES = ("layer", "channel", "unit")
 MODES = ("auto", "forward", "reverse")
+VJP_CHUNK = 1
+"""Output dimensions per vector-Jacobian product. 1: one plain backward pass per output
+dimension, which measured faster on CPU than batching them with ``is_grads_batched`` (vmap over
+the backward falls back to per-sample loops for convolution and ReLU backward; see
+docs/benchmarks.md). Larger values batch that many VJPs (and hold that many gradients)."""
+TANGENT_CHUNK = 32
+"""Tangents per vectorised forward pass (memory: this many copies of the activations)."""
 
 
 @dataclass
@@ -96,11 +111,22 @@ class Batch:
         b = resolve_layer_baseline(self.baselines[position], h, self.labels[position])
         return b, h.detach() - b
 
+    def n_channels(self, h: Tensor) -> int:
+        """The size of the channel dimension of an activation, with a clear error if absent."""
+        if self.channel_dim == 0 or not -h.dim() < self.channel_dim < h.dim():
+            raise ValueError(
+                f"channel_dim={self.channel_dim} is not a channel dimension of an activation of "
+                f"shape {tuple(h.shape)} (dimension 0 indexes examples); use 1 for (N, C, ...) "
+                "or -1 for (N, T, D)."
+            )
+        return h.shape[self.channel_dim]
 
-def _hooks(batch: Batch, layers: Sequence[LayerSpec], positions: Sequence[int], edit):
+
+def _hooks(batch: Batch, positions: Sequence[int], edit):
+    """Hook the layers at ``positions``; ``edit`` receives positions into ``batch.layers``."""
     return intervene(
-        layers,
-        edit,
+        [batch.layers[p] for p in positions],
+        lambda i, h: edit(positions[i], h),
         on_input=batch.on_input,
         labels=[batch.labels[p] for p in positions],
     )
@@ -114,7 +140,7 @@ def capture_activations(batch: Batch) -> tuple[Tensor, list[Tensor]]:
         batch.check_activation(position, h)
         activations[position] = h.detach().clone()
 
-    with torch.no_grad(), _hooks(batch, batch.layers, range(len(batch.layers)), edit):
+    with torch.no_grad(), _hooks(batch, range(len(batch.layers)), edit):
         output = batch.run()
     return output.detach(), activations  # type: ignore[return-value]
 
@@ -124,13 +150,13 @@ def true_effects(batch: Batch) -> list[Tensor]:
     with torch.no_grad():
         reference = batch.run()
         effects = []
-        for position, layer in enumerate(batch.layers):
+        for position in range(len(batch.layers)):
 
-            def edit(_: int, h: Tensor, position: int = position) -> Tensor:
+            def edit(position: int, h: Tensor) -> Tensor:
                 b, _delta = batch.delta(position, h)
                 return b.clone()
 
-            with _hooks(batch, [layer], [position], edit):
+            with _hooks(batch, [position], edit):
                 intervened = batch.run()
             effects.append((reference - intervened).T)
     return effects
@@ -142,14 +168,29 @@ def reduce_granularity(contribution: Tensor, granularity: Granularity, channel_d
         return contribution
     if granularity == "layer":
         return contribution.flatten(2).sum(-1)
-    dim = channel_dim if channel_dim < 0 else channel_dim + 1  # shift past the K dimension
-    if contribution.dim() < 3 or not -contribution.dim() + 2 <= dim < contribution.dim():
+    activation_dims = contribution.dim() - 1  # without the leading K dimension
+    if channel_dim == 0 or not -activation_dims < channel_dim < activation_dims:
         raise ValueError(
             f"channel_dim={channel_dim} does not exist in an activation of shape "
             f"{tuple(contribution.shape[1:])}; use 1 for (N, C, ...) or -1 for (N, T, D)."
         )
+    dim = channel_dim if channel_dim < 0 else channel_dim + 1  # shift past the K dimension
     moved = contribution.movedim(dim, -1)
     return moved.reshape(moved.shape[0], moved.shape[1], -1, moved.shape[-1]).sum(2)
+
+
+def _first_order(alphas: Sequence[float]) -> bool:
+    return tuple(alphas) == (1.0,)
+
+
+def _interpolate(h: Tensor, b: Tensor, delta: Tensor, alpha: float) -> Tensor:
+    """The activation on the path ``b + alpha (h - b)`` (``h`` itself at ``alpha = 1``)."""
+    return h if alpha == 1.0 else b + alpha * delta
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward mode
+# ---------------------------------------------------------------------------------------------
 
 
 def forward_effects(
@@ -157,8 +198,23 @@ def forward_effects(
     granularity: Granularity = "layer",
     alphas: Sequence[float] = (1.0,),
     weights: Sequence[float] = (1.0,),
+    tangent_chunk: int = TANGENT_CHUNK,
 ) -> list[Tensor]:
     """G-NDI effects by forward-mode AD: ``sum_i w_i J(b + a_i (h - b)) (h - b)`` per layer.
+
+    First-order G-NDI (``alphas == (1.0,)``) pushes one tangent per layer (per channel for
+    channel granularity) through about ``sqrt(L)`` vectorised forward passes over groups of
+    consecutive layers (list the layers in execution order for the best grouping);
+    path-integrated G-NDI needs one pass per layer and integration point, because the
+    intervention on one layer changes every activation after it.
+
+    Args:
+        batch: The batch and its intervention points.
+        granularity: ``"layer"`` or ``"channel"`` (``"unit"`` would need one tangent per
+            neuron: use reverse mode).
+        alphas: Integration points on [0, 1].
+        weights: Integration weights, one per point.
+        tangent_chunk: Tangents per vectorised pass; memory grows with it.
 
     Returns:
         One tensor per layer, ``(K, N)`` for layer and ``(K, N, C)`` for channel granularity.
@@ -166,98 +222,214 @@ def forward_effects(
     Raises:
         NotImplementedError: When an operator after the layer has no forward-AD formula
             (for example CPU scaled-dot-product attention); use reverse mode then.
+        ValueError: For ``granularity="unit"``.
+
+    Examples:
+        >>> effects = forward_effects(batch)  # one (K, N) tensor per layer
     """
     if granularity == "unit":
         raise ValueError(
             "granularity='unit' needs one forward pass per unit; use mode='reverse' or 'auto'."
         )
+    channels = None
+    if granularity == "channel":
+        channels = [batch.n_channels(h) for h in capture_activations(batch)[1]]
+    if _first_order(alphas):
+        everything = range(len(batch.layers))
+        return [
+            e * weights[0] for e in _tangent_pass(batch, everything, 1.0, channels, tangent_chunk)
+        ]
     effects = []
-    for position, layer in enumerate(batch.layers):
-
-        def integrated(channel: int | None, position: int = position, layer=layer):
-            parts = [_one_jvp(batch, position, layer, a, channel) for a in alphas]
-            tangent = sum(w * t for w, (t, _) in zip(weights, parts))
-            return tangent, parts[0][1]
-
-        if granularity == "layer":
-            effects.append(integrated(None)[0].T)
-            continue
-        first, n_channels = integrated(0)
-        columns = [first] + [integrated(c)[0] for c in range(1, n_channels)]
-        effects.append(torch.stack(columns, dim=-1).transpose(0, 1))  # (K, N, C)
+    for position in range(len(batch.layers)):
+        parts = [
+            _tangent_pass(batch, [position], alpha, channels, tangent_chunk)[0] * weight
+            for alpha, weight in zip(alphas, weights)
+        ]
+        effects.append(sum(parts[1:], parts[0]))
     return effects
 
 
-def _one_jvp(
-    batch: Batch, position: int, layer: LayerSpec, alpha: float, channel: int | None
-) -> tuple[Tensor, int]:
-    """One forward pass with a dual activation.
+def _tangent_pass(
+    batch: Batch,
+    positions: Sequence[int],
+    alpha: float,
+    channels: Sequence[int] | None,
+    chunk: int,
+) -> list[Tensor]:
+    """Effects of the layers at ``positions`` from vectorised forward passes.
 
-    Returns:
-        The output tangent ``(N, K)`` and the number of channels of the activation.
+    Every tangent direction (a *cell*: a layer, or one channel of a layer when ``channels``
+    gives the channel counts) gets a scalar ``s_i``, and the activation becomes
+    ``b + (alpha + s_i) (h - b)`` on the cell. The cells are split into about
+    ``sqrt(len(positions))`` groups of consecutive cells, at most ``chunk`` per group, and each
+    group is one vectorised pass. A group's tangents only flow from its first layer on, so
+    grouping balances primal passes (one per group) against tangent work spent before a layer is
+    reached; for layers listed in execution order ``sqrt(L)`` groups about minimise the sum (see
+    docs/benchmarks.md). Any order gives the same numbers.
     """
-    n_channels = [0]
+    cells = [
+        (p, c) for p in positions for c in ([None] if channels is None else range(channels[p]))
+    ]
+    n_groups = max(round(math.sqrt(len(positions))), math.ceil(len(cells) / chunk))
+    size = math.ceil(len(cells) / n_groups)
+    columns = torch.cat(
+        [_group_jvps(batch, cells[i : i + size], alpha) for i in range(0, len(cells), size)]
+    )
+    effects, start = [], 0
+    for position in positions:
+        count = 1 if channels is None else channels[position]
+        block = columns[start : start + count]  # (count, N, K)
+        start += count
+        effects.append(block[0].T if channels is None else block.permute(2, 1, 0))
+    return effects
 
-    def edit(_: int, h: Tensor) -> Tensor:
+
+def _group_jvps(batch: Batch, cells: Sequence[tuple[int, int | None]], alpha: float) -> Tensor:
+    """Output tangents ``(len(cells), N, K)`` of one group, vectorised where torch.func can."""
+    try:
+        return _vectorised_jvps(batch, cells, alpha)
+    except (NotImplementedError, RuntimeError) as error:
+        if _is_missing_forward_ad(error):
+            raise
+        logger.debug("torch.func could not vectorise the JVPs (%s); one pass per tangent", error)
+    return torch.stack([_one_jvp(batch, p, alpha, c) for p, c in cells])
+
+
+def _vectorised_jvps(batch: Batch, cells: Sequence[tuple[int, int | None]], alpha: float) -> Tensor:
+    """``d run / d s`` for every unit vector of ``s`` (one entry per cell), in one pass."""
+    entries: dict[int, list[tuple[int, int | None]]] = {}  # position -> [(index in s, channel)]
+    for index, (position, channel) in enumerate(cells):
+        entries.setdefault(position, []).append((index, channel))
+
+    def scale_of(s: Tensor, position: int, h: Tensor) -> Tensor:
+        (first_index, first), *_ = entries[position]
+        if first is None:
+            return s[first_index]
+        count = batch.n_channels(h)
+        stop = first + len(entries[position])  # the group holds consecutive channels
+        shape = [1] * h.dim()
+        shape[batch.channel_dim] = count
+        values = s[first_index : first_index + stop - first]
+        return torch.cat([s.new_zeros(first), values, s.new_zeros(count - stop)]).reshape(shape)
+
+    def scaled(s: Tensor) -> Tensor:
+        def edit(position: int, h: Tensor) -> Tensor:
+            b, delta = batch.delta(position, h)
+            scale = scale_of(s, position, h).to(device=delta.device, dtype=delta.dtype)
+            return _interpolate(h, b, delta, alpha) + scale * delta
+
+        with _hooks(batch, list(entries), edit):
+            return batch.run()
+
+    origin = torch.zeros(len(cells), dtype=torch.float64)
+
+    def tangent_of(direction: Tensor) -> Tensor:
+        return torch.func.jvp(scaled, (origin,), (direction,))[1]
+
+    with torch.no_grad():
+        return torch.func.vmap(tangent_of)(torch.eye(len(cells), dtype=torch.float64))
+
+
+def _one_jvp(batch: Batch, position: int, alpha: float, channel: int | None) -> Tensor:
+    """One forward pass with a dual activation; returns the output tangent ``(N, K)``."""
+
+    def edit(position: int, h: Tensor) -> Tensor:
         b, delta = batch.delta(position, h)
-        n_channels[0] = delta.shape[batch.channel_dim]
         tangent = delta
         if channel is not None:
-            mask = torch.zeros_like(delta)
-            mask.select(batch.channel_dim, channel).fill_(1)
-            tangent = delta * mask
-        primal = h.detach() if alpha == 1.0 else b + alpha * delta
-        return fwAD.make_dual(primal, tangent)
+            tangent = torch.zeros_like(delta)
+            tangent.select(batch.channel_dim, channel).copy_(
+                delta.select(batch.channel_dim, channel)
+            )
+        return fwAD.make_dual(_interpolate(h.detach(), b, delta, alpha), tangent)
 
-    with torch.no_grad(), fwAD.dual_level(), _hooks(batch, [layer], [position], edit):
+    with torch.no_grad(), fwAD.dual_level(), _hooks(batch, [position], edit):
         output = batch.run()
         tangent = fwAD.unpack_dual(output).tangent
-    if tangent is None:
-        tangent = torch.zeros_like(output)
-    return tangent.detach(), n_channels[0]
+    return torch.zeros_like(output) if tangent is None else tangent.detach()
 
 
-def _vjp_all(output: Tensor, leaves: list[Tensor], chunk: int) -> list[Tensor]:
-    """``dy[:, k] / d leaf`` for every output column k: a list of ``(K, N, *shape)`` tensors."""
+# ---------------------------------------------------------------------------------------------
+# Reverse mode
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Graph:
+    """A forward pass recorded for reverse mode: zero leaves added to the layers' activations."""
+
+    output: Tensor
+    leaves: list[Tensor]
+    deltas: list[Tensor]
+
+
+def _record(batch: Batch, positions: Sequence[int], alpha: float = 1.0) -> _Graph:
+    """One forward pass in which the layers at ``positions`` output ``b + alpha (h - b) + eps``."""
+    deltas: dict[int, Tensor] = {}
+    leaves: dict[int, Tensor] = {}
+
+    def edit(position: int, h: Tensor) -> Tensor:
+        b, deltas[position] = batch.delta(position, h)
+        leaves[position] = torch.zeros_like(h, requires_grad=True)
+        return _interpolate(h, b, deltas[position], alpha) + leaves[position]
+
+    with torch.enable_grad(), _hooks(batch, positions, edit):
+        output = batch.run()
+    return _Graph(output, [leaves[p] for p in positions], [deltas[p] for p in positions])
+
+
+def _vjp_effects(
+    graph: _Graph, granularity: Granularity, channel_dim: int, chunk: int
+) -> list[Tensor]:
+    """``sum <dy_k/dh, h - b>`` per granularity cell, for every output column ``k``.
+
+    The output columns are processed ``chunk`` at a time; each chunk's gradients are reduced to
+    the granularity before the next one is computed, so memory holds ``chunk`` gradients.
+    """
+    output = graph.output
     n, k_total = output.shape
-    per_leaf: list[list[Tensor]] = [[] for _ in leaves]
+    parts: list[list[Tensor]] = [[] for _ in graph.leaves]
     eye = torch.eye(k_total, device=output.device, dtype=output.dtype)
     for start in range(0, k_total, chunk):
         rows = eye[start : start + chunk]  # (k, K)
         grad_outputs = rows[:, None, :].expand(rows.shape[0], n, k_total)
-        last = start + chunk >= k_total
+        grads = _batched_grad(output, graph.leaves, grad_outputs, retain=start + chunk < k_total)
+        for i, (grad, delta) in enumerate(zip(grads, graph.deltas)):
+            if grad is None:  # the output does not depend on this layer
+                grad = delta.new_zeros(()).expand(rows.shape[0], *delta.shape)
+            parts[i].append(reduce_granularity(grad * delta, granularity, channel_dim))
+    return [torch.cat(p, dim=0) for p in parts]
+
+
+def _batched_grad(
+    output: Tensor, leaves: list[Tensor], grad_outputs: Tensor, retain: bool
+) -> Sequence[Tensor | None]:
+    """``autograd.grad`` for each of a ``(k, N, K)`` stack of ``grad_outputs``.
+
+    One backward pass per row for ``k == 1``; for ``k > 1`` one batched pass
+    (``is_grads_batched``, i.e. vmap over the backward), with a loop where an op cannot batch.
+    """
+    if grad_outputs.shape[0] > 1:
         try:
-            grads = torch.autograd.grad(
+            return torch.autograd.grad(
                 output,
                 leaves,
                 grad_outputs=grad_outputs,
-                retain_graph=not last,
+                retain_graph=retain,
                 is_grads_batched=True,
                 allow_unused=True,
             )
         except RuntimeError as error:  # an operator without a batching rule: loop instead
             logger.debug("batched VJP failed (%s); looping over output columns", error)
-            columns = [
-                torch.autograd.grad(
-                    output,
-                    leaves,
-                    grad_outputs=grad_outputs[j],
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-                for j in range(rows.shape[0])
-            ]
-            grads = tuple(
-                torch.stack([c[i] if c[i] is not None else torch.zeros_like(leaf) for c in columns])
-                for i, leaf in enumerate(leaves)
-            )
-        for i, (grad, leaf) in enumerate(zip(grads, leaves)):
-            if grad is None:
-                grad = torch.zeros(
-                    (rows.shape[0], *leaf.shape), device=leaf.device, dtype=leaf.dtype
-                )
-            per_leaf[i].append(grad.detach())
-    return [torch.cat(parts, dim=0) for parts in per_leaf]
+    last = len(grad_outputs) - 1
+    rows = [
+        torch.autograd.grad(
+            output, leaves, grad_outputs=g, retain_graph=retain or i < last, allow_unused=True
+        )
+        for i, g in enumerate(grad_outputs)
+    ]
+    per_leaf = ([row[i] for row in rows] for i in range(len(leaves)))
+    return [None if grads[0] is None else torch.stack(grads) for grads in per_leaf]
 
 
 def reverse_effects(
@@ -265,82 +437,98 @@ def reverse_effects(
     granularity: Granularity = "layer",
     alphas: Sequence[float] = (1.0,),
     weights: Sequence[float] = (1.0,),
-    vjp_chunk: int = 64,
+    vjp_chunk: int = VJP_CHUNK,
 ) -> list[Tensor]:
     """G-NDI effects by reverse-mode AD (vector-Jacobian products).
 
     With ``alphas == (1.0,)`` (first-order G-NDI) all layers share one forward pass and ``K``
-    batched VJPs. Path-integrated G-NDI needs one forward pass per layer and integration point,
-    because the intervention on one layer changes every activation after it.
+    VJPs (one backward pass each, or batched ``vjp_chunk`` at a time). Path-integrated G-NDI
+    needs one forward pass per layer and integration point, because the intervention on one
+    layer changes every activation after it.
+
+    Args:
+        batch: The batch and its intervention points.
+        granularity: ``"layer"``, ``"channel"`` or ``"unit"``.
+        alphas: Integration points on [0, 1].
+        weights: Integration weights, one per point.
+        vjp_chunk: Output dimensions per VJP (see :data:`VJP_CHUNK`); memory grows with it.
 
     Returns:
         One tensor per layer: ``(K, N)``, ``(K, N, C)`` or ``(K, N, *shape)`` by granularity.
+
+    Examples:
+        >>> effects = reverse_effects(batch, granularity="channel")  # (K, N, C) per layer
     """
-    if tuple(alphas) == (1.0,):
-        return _first_order_reverse(batch, granularity, vjp_chunk, weights[0])
+    if _first_order(alphas):
+        return _reverse_from(
+            _record(batch, range(len(batch.layers))), batch, granularity, weights[0], vjp_chunk
+        )
     effects = []
-    for position, layer in enumerate(batch.layers):
-        total: Tensor | None = None
-        for alpha, weight in zip(alphas, weights):
-            grads, delta = _reverse_at(batch, position, layer, alpha, vjp_chunk)
-            part = reduce_granularity(grads * delta, granularity, batch.channel_dim) * weight
-            total = part if total is None else total + part
-        effects.append(total)
+    for position in range(len(batch.layers)):
+        parts = [
+            _reverse_from(_record(batch, [position], alpha), batch, granularity, weight, vjp_chunk)[
+                0
+            ]
+            for alpha, weight in zip(alphas, weights)
+        ]
+        effects.append(sum(parts[1:], parts[0]))
     return effects
 
 
-def _reverse_at(
-    batch: Batch, position: int, layer: LayerSpec, alpha: float, vjp_chunk: int
-) -> tuple[Tensor, Tensor]:
-    """Gradients ``(K, N, *shape)`` of the output at ``h := b + alpha (h - b)``, and ``h - b``."""
-    state: dict[str, Tensor] = {}
-
-    def edit(_: int, h: Tensor) -> Tensor:
-        b, state["delta"] = batch.delta(position, h)
-        state["eps"] = torch.zeros_like(h, requires_grad=True)
-        return b + alpha * state["delta"] + state["eps"]
-
-    with torch.enable_grad(), _hooks(batch, [layer], [position], edit):
-        output = batch.run()
-    (grads,) = _vjp_all(output, [state["eps"]], vjp_chunk)
-    return grads, state["delta"]
-
-
-def _first_order_reverse(
-    batch: Batch, granularity: Granularity, vjp_chunk: int, weight: float
+def _reverse_from(
+    graph: _Graph, batch: Batch, granularity: Granularity, weight: float, vjp_chunk: int
 ) -> list[Tensor]:
-    deltas: list[Tensor | None] = [None] * len(batch.layers)
-    leaves: list[Tensor | None] = [None] * len(batch.layers)
-
-    def edit(position: int, h: Tensor) -> Tensor:
-        _b, deltas[position] = batch.delta(position, h)
-        leaves[position] = torch.zeros_like(h, requires_grad=True)
-        return h + leaves[position]
-
-    with torch.enable_grad(), _hooks(batch, batch.layers, range(len(batch.layers)), edit):
-        output = batch.run()
-    grads = _vjp_all(output, leaves, vjp_chunk)  # type: ignore[arg-type]
-    return [
-        reduce_granularity(g * d, granularity, batch.channel_dim) * weight
-        for g, d in zip(grads, deltas)  # type: ignore[operator]
-    ]
+    return [e * weight for e in _vjp_effects(graph, granularity, batch.channel_dim, vjp_chunk)]
 
 
-def choose_mode(mode: Mode, n_layers: int, n_outputs: int, granularity: Granularity) -> str:
-    """Pick the engine: reverse when it needs fewer passes (K VJPs vs one JVP per layer)."""
+# ---------------------------------------------------------------------------------------------
+# Choosing and dispatching
+# ---------------------------------------------------------------------------------------------
+
+
+def choose_mode(
+    mode: Mode,
+    n_layers: int,
+    n_outputs: int,
+    granularity: Granularity,
+    n_tangents: int | None = None,
+) -> str:
+    """Pick the engine that needs fewer passes.
+
+    Reverse mode costs one forward pass plus one VJP per output dimension (``n_outputs``);
+    forward mode one primal pass plus one tangent per intervention direction (``n_tangents``:
+    the number of layers for first-order layer granularity, of channels for channel
+    granularity). A VJP and a tangent each cost about one forward pass, so reverse is chosen
+    when ``n_outputs < n_tangents`` (and always for unit granularity). The choice is logged at
+    debug level.
+
+    Args:
+        mode: ``"auto"``, ``"forward"`` or ``"reverse"`` (returned unchanged unless auto).
+        n_layers: Number of intervention points.
+        n_outputs: Output dimensions K.
+        granularity: ``"layer"``, ``"channel"`` or ``"unit"``.
+        n_tangents: Tangents per forward-mode pass (default: ``n_layers``).
+
+    Returns:
+        ``"forward"`` or ``"reverse"``.
+
+    Examples:
+        >>> choose_mode("auto", n_layers=27, n_outputs=10, granularity="layer")
+        'reverse'
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if mode != "auto":
         return mode
-    if granularity != "layer":
-        chosen = "reverse"
-    else:
-        chosen = "reverse" if n_outputs <= n_layers else "forward"
+    n_tangents = n_layers if n_tangents is None else n_tangents
+    chosen = "reverse" if granularity == "unit" or n_outputs < n_tangents else "forward"
     logger.debug(
-        "mode='auto' chose %s (%d layers, %d output dims, granularity=%s)",
+        "mode='auto' chose %s (%d layers, %d output dims, %d tangents per forward pass, "
+        "granularity=%s)",
         chosen,
         n_layers,
         n_outputs,
+        n_tangents,
         granularity,
     )
     return chosen
@@ -361,6 +549,9 @@ def compute_effects(
 ) -> tuple[list[Tensor], str]:
     """Dispatch to the forward or reverse engine.
 
+    With ``mode="auto"`` and first-order G-NDI, the reverse engine's forward pass doubles as the
+    probe that finds K and the channel counts, so choosing costs nothing when reverse wins.
+
     Args:
         batch: The batch and its intervention points.
         mode: ``"forward"``, ``"reverse"`` or ``"auto"`` (the cheaper of the two; forward AD
@@ -373,14 +564,34 @@ def compute_effects(
 
     Returns:
         The effects (one tensor per layer, K first) and the mode that was used.
+
+    Examples:
+        >>> effects, used = compute_effects(batch, mode="auto", granularity="channel")
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
-    if mode == "auto" and n_outputs is None:
-        n_outputs = capture_activations(batch)[0].shape[1]
-    chosen = choose_mode(mode, len(batch.layers), n_outputs or 0, granularity)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    graph = None
+    chosen: str = mode
+    if mode == "auto":
+        n_tangents = len(batch.layers) if _first_order(alphas) else 1
+        if granularity != "layer" or n_outputs is None:
+            if _first_order(alphas):
+                graph = _record(batch, range(len(batch.layers)))
+                output, activations = graph.output, graph.deltas
+            else:
+                output, activations = capture_activations(batch)
+            n_outputs = output.shape[1]
+            if granularity == "channel":
+                counts = [batch.n_channels(h) for h in activations]
+                n_tangents = sum(counts) if _first_order(alphas) else max(counts)
+        chosen = choose_mode(mode, len(batch.layers), n_outputs, granularity, n_tangents)
     if chosen == "reverse":
+        if graph is not None:
+            return _reverse_from(graph, batch, granularity, weights[0], VJP_CHUNK), "reverse"
         return reverse_effects(batch, granularity, alphas, weights), "reverse"
+    del graph
     try:
         return forward_effects(batch, granularity, alphas, weights), "forward"
     except (NotImplementedError, RuntimeError) as error:

@@ -1,15 +1,19 @@
 """Whole-data-set G-NDI: ``compute_gndi`` and its result.
 
 ``compute_gndi`` streams a data loader with memory that stays constant in the number of examples
-(running sums of scores and squared scores per layer), moves each batch to the model's device,
-optionally splits batches (``internal_batch_size``), and under ``torch.distributed`` scores
-each rank's shard and all-reduces the sums so that every rank returns the global result.
+(running sums of scores and squared scores per layer; each batch is released before the next is
+read), moves each batch to the model's device, optionally splits batches
+(``internal_batch_size``), and under ``torch.distributed`` (e.g. ``torchrun``) scores each
+rank's shard and all-reduces the sums, so that every rank returns the global result. A loader
+with a ``DistributedSampler`` is already sharded and is used as is; any other iterable is
+sharded by batches (rank r takes batches r, r + world_size, ...).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -136,35 +140,55 @@ def _model_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _shard(data: Iterable[Any]) -> tuple[Iterable[Any], int, int]:
-    """Under torch.distributed, each rank takes every world_size-th batch (unless the loader
-    already uses a DistributedSampler)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return data, 0, 1
-    rank, world = dist.get_rank(), dist.get_world_size()
-    sampler = getattr(data, "sampler", None)
-    if isinstance(sampler, torch.utils.data.DistributedSampler):
-        return data, rank, world
-    return (b for i, b in enumerate(data) if i % world == rank), rank, world
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _has_distributed_sampler(data: Iterable[Any]) -> bool:
+    samplers = (
+        getattr(data, "sampler", None),
+        getattr(getattr(data, "batch_sampler", None), "sampler", None),
+    )
+    return any(isinstance(s, torch.utils.data.DistributedSampler) for s in samplers)
+
+
+def _shard(data: Iterable[Any], max_batches: int | None) -> tuple[Iterable[Any], int | None, int]:
+    """This rank's batches, their number where known, and the rank.
+
+    Without ``torch.distributed`` (or with one process) that is all of ``data``. Otherwise each
+    rank takes every ``world_size``-th of the first ``max_batches`` batches, unless the loader
+    already shards with a ``DistributedSampler``: then each rank scores its own loader's first
+    ``ceil(max_batches / world_size)`` batches.
+    """
+    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+    rank, stride, limit = 0, 1, max_batches
+    if _distributed():
+        rank = dist.get_rank()
+        if not _has_distributed_sampler(data):
+            stride = dist.get_world_size()
+        elif max_batches is not None:
+            limit = math.ceil(max_batches / dist.get_world_size())
+    if limit is not None:
+        data = itertools.islice(data, limit)
+        total = limit if total is None else min(total, limit)
+    if stride > 1:
+        data = itertools.islice(data, rank, None, stride)
+        total = None if total is None else len(range(rank, total, stride))
+    return data, total, rank
 
 
 def _batches(
     data: Iterable[Any], device: torch.device, max_batches: int | None, progress: bool, what: str
 ):
-    shard, rank, _world = _shard(data)
-    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
-    if max_batches is not None and total is not None:
-        total = min(total, max_batches)
+    """Yield this rank's batches as ``(input tensors on device, labels on device or None)``."""
+    shard, total, rank = _shard(data, max_batches)
     count = 0
-    bar = tqdm(shard, total=total, desc=what, disable=not progress or rank > 0)
-    for index, batch in enumerate(bar):
-        if max_batches is not None and index >= max_batches:
-            break
+    for batch in tqdm(shard, total=total, desc=what, disable=not progress or rank > 0):
         inputs, labels = _split_batch(batch)
-        inputs = tuple(t.to(device) for t in inputs)
-        yield inputs, (labels.to(device) if labels is not None else None)
+        inputs = tuple(t.to(device, non_blocking=True) for t in inputs)
+        yield inputs, (labels.to(device, non_blocking=True) if labels is not None else None)
         count += 1
-    if count == 0 and not (dist.is_available() and dist.is_initialized()):
+    if count == 0 and not _distributed():
         raise ValueError(f"The data yielded no batches ({what}); pass a non-empty data loader.")
 
 
@@ -176,10 +200,29 @@ def _chunks(inputs: tuple[Tensor, ...], labels: Tensor | None, size: int | None)
         yield part, (labels[start : start + step] if labels is not None else None)
 
 
-def _all_reduce(tensors: list[Tensor]) -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for tensor in tensors:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+def _all_reduce(tensors: list[Tensor | None], device: torch.device) -> list[Tensor | None]:
+    """Sum per-rank running sums over all ranks (a no-op without ``torch.distributed``).
+
+    A rank that saw no data holds ``None``; it contributes zeros of the shape the other ranks
+    report, so every rank takes part in one flat ``all_reduce``.
+    """
+    if not _distributed():
+        return tensors
+    shapes = [None if t is None else tuple(t.shape) for t in tensors]
+    everyone: list[list[tuple[int, ...] | None]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(everyone, shapes)
+    known = [next((s[i] for s in everyone if s[i] is not None), None) for i in range(len(shapes))]
+    filled = [
+        t if t is not None else torch.zeros(shape or (), dtype=torch.float64, device=device)
+        for t, shape in zip(tensors, known)
+    ]
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in filled])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    sizes = [t.numel() for t in filled]
+    return [
+        None if shape is None else part.reshape(shape)
+        for part, shape in zip(flat.split(sizes), known)
+    ]
 
 
 def mean_activations(
@@ -209,6 +252,7 @@ def mean_activations(
     names, specs = list(named), list(named.values())
     device = torch.device(device) if device is not None else _model_device(model)
     sums: list[Tensor | None] = [None] * len(specs)
+    dtypes = [torch.get_default_dtype()] * len(specs)
     count = torch.zeros((), dtype=torch.float64, device=device)
     for inputs, _labels in _batches(data, device, max_batches, progress, "mean activations"):
         batch = Batch(
@@ -228,11 +272,12 @@ def mean_activations(
                     "one length)."
                 )
             sums[i] = total if sums[i] is None else sums[i] + total
+            dtypes[i] = h.dtype
         count += inputs[0].shape[0]
-    _all_reduce([*sums, count])  # type: ignore[list-item]
+    *sums, count = _all_reduce([*sums, count], device)
     if count.item() == 0:
         raise ValueError("The data yielded no examples; pass a non-empty data loader.")
-    return {n: (s / count).to(a.dtype) for n, s, a in zip(names, sums, activations)}  # type: ignore[operator]
+    return {n: (s / count).to(d) for n, s, d in zip(names, sums, dtypes)}  # type: ignore[operator]
 
 
 def compute_gndi(
@@ -268,22 +313,31 @@ def compute_gndi(
             example's label from the batch) or ``"predicted"`` (the model's top class).
         mode: ``"auto"``, ``"forward"`` or ``"reverse"``.
         device: Where to run (default: the model's device); batches are moved there.
-        progress: Show a tqdm progress bar.
-        max_batches: Stop after this many batches.
+        progress: Show a tqdm progress bar (on rank 0 only under ``torch.distributed``).
+        max_batches: Stop after this many batches (in total over all ranks; with a
+            ``DistributedSampler``, ``ceil(max_batches / world_size)`` per rank).
         granularity: ``"layer"``, ``"channel"`` or ``"unit"``.
         n_steps: Integration points (1: first-order G-NDI).
         method: Captum approximation method for ``n_steps > 1``.
-        internal_batch_size: Split each batch into chunks of at most this many examples.
+        internal_batch_size: Split each batch into chunks of at most this many examples (the
+            scores do not change; peak memory shrinks).
         channel_dim: Activation dimension holding channels.
         attribute_to_layer_input: Intervene on layer inputs instead of outputs.
 
     Returns:
-        A :class:`GNDIResult` with per-layer mean, standard error and ranking.
+        A :class:`GNDIResult` with per-layer mean, standard error and ranking. Under
+        ``torch.distributed`` every rank returns the same global result (a
+        ``DistributedSampler`` that pads its shards to equal length counts the padding
+        examples twice; use ``drop_last=True`` or a data set size divisible by the world size
+        for exactly the single-process numbers).
 
     Examples:
         >>> result = compute_gndi(model, test_loader, find_layers(model, "branch"))
         >>> print(result)
         >>> result.ranking()[:3]
+        >>> # data-parallel: torchrun --nproc-per-node 4 score.py, with in score.py
+        >>> torch.distributed.init_process_group("nccl")
+        >>> result = compute_gndi(model, loader, layers)  # same numbers on every rank
     """
     p = check_p(norm)
     _warn_if_training(model)
@@ -293,6 +347,12 @@ def compute_gndi(
     if target not in (None, "label", "predicted") and not isinstance(target, int):
         raise ValueError(f"target must be None, an int, 'label' or 'predicted', got {target!r}.")
     if baseline == "mean":
+        if isinstance(data, Iterator):
+            raise ValueError(
+                "baseline='mean' reads the data twice (means first, then scores), but the data "
+                "is a one-pass iterator (e.g. a generator). Pass a DataLoader or a list of "
+                "batches, or compute the means with mean_activations and pass them as a dict."
+            )
         means = mean_activations(
             model, data, named, device, progress, max_batches, attribute_to_layer_input
         )
@@ -324,6 +384,7 @@ def compute_gndi(
             )
             effects, used = compute_effects(batch, mode, granularity, alphas, weights)
             used_modes.add(used)
+            mode = used  # decide (and warn about a fallback) once, not on every batch
             for i, effect in enumerate(effects):
                 score = effect_norms(effect, p).to(torch.float64)
                 sums[i] = score.sum(0) if sums[i] is None else sums[i] + score.sum(0)
@@ -331,8 +392,9 @@ def compute_gndi(
                     score.pow(2).sum(0) if squares[i] is None else squares[i] + score.pow(2).sum(0)
                 )
             count += part[0].shape[0]
-    _all_reduce([*sums, *squares, count])  # type: ignore[list-item]
-    n = int(count.item())
+    reduced = _all_reduce([*sums, *squares, count], device)
+    sums, squares, count = reduced[: len(specs)], reduced[len(specs) : -1], reduced[-1]
+    n = int(count.item())  # type: ignore[union-attr]
     if n == 0:
         raise ValueError("The data yielded no examples; pass a non-empty data loader.")
     mean = {name: s / n for name, s in zip(names, sums)}  # type: ignore[operator]
@@ -346,7 +408,7 @@ def compute_gndi(
         "target": target,
         "granularity": granularity,
         "n_steps": n_steps,
-        "mode": "/".join(sorted(used_modes)),
+        "mode": "/".join(sorted(used_modes)) or mode,
     }
     return GNDIResult(names, mean, stderr, n, settings)
 

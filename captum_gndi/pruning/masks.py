@@ -1,0 +1,153 @@
+"""Structured channel masks through ``torch.nn.utils.prune``, and their exact undo.
+
+A pruned output channel of a conv/linear layer is zeroed by masks on the layer's ``weight`` rows
+and ``bias`` entries and, when a BatchNorm normalises the layer's output, on the BatchNorm's
+``weight`` **and** ``bias`` (a BatchNorm after a zeroed channel would otherwise output its bias).
+The channel is then exactly zero after the BatchNorm, in eval and in train mode, and the model
+keeps its shape. The masks are ordinary ``torch.nn.utils.prune`` reparametrisations
+(``weight_orig`` * ``weight_mask``), so ``prune.remove(module, "weight")`` makes them permanent,
+while :func:`undo_pruning` restores the original parameters exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from .layers import PrunableLayer, layer_modules
+
+__all__ = ["ChannelMask", "apply_channel_masks", "channel_masks", "undo_pruning"]
+
+
+class ChannelMask(prune.CustomFromMask):
+    """``prune.CustomFromMask`` tagged as a captum_gndi channel mask, so that
+    :func:`undo_pruning` reverts exactly these masks and no other pruning of the model.
+
+    Attributes:
+        param_order: The module's parameter names, in order, before this mask was applied.
+    """
+
+    param_order: list[str]
+
+
+def _mask_parameter(module: nn.Module, name: str, mask: Tensor, label: str) -> None:
+    if getattr(module, name, None) is None:
+        return
+    if hasattr(module, name + "_orig"):
+        raise ValueError(
+            f"'{label}.{name}' is already pruned (torch.nn.utils.prune); call "
+            "captum_gndi.pruning.undo_pruning(model) or prune.remove(module, name) first."
+        )
+    order = list(module._parameters)
+    ChannelMask.apply(module, name, mask=mask).param_order = order
+
+
+def _check_keep(layer: PrunableLayer, keep: Tensor) -> Tensor:
+    if (
+        not isinstance(keep, Tensor)
+        or keep.dtype != torch.bool
+        or keep.shape != (layer.n_channels,)
+    ):
+        got = tuple(keep.shape) if isinstance(keep, Tensor) else type(keep).__name__
+        raise ValueError(
+            f"keep['{layer.name}'] must be a bool tensor of shape ({layer.n_channels},) "
+            f"(True = keep the channel), got {got}; select_channels(...) builds one."
+        )
+    return keep
+
+
+def apply_channel_masks(
+    model: nn.Module, layers: Sequence[PrunableLayer], keep: Mapping[str, Tensor]
+) -> None:
+    """Zero the pruned output channels of ``layers`` in place with ``torch.nn.utils.prune``.
+
+    Layers whose channels are all kept get no mask, so a sparsity of 0 leaves the model
+    untouched.
+
+    Args:
+        model: The model (modified in place; :func:`undo_pruning` restores it).
+        layers: Prunable layers from :func:`~captum_gndi.pruning.find_prunable`.
+        keep: Layer name -> bool tensor ``(n_channels,)``, ``True`` for channels to keep
+            (from :func:`~captum_gndi.pruning.select_channels`). Layers without an entry are
+            left unpruned.
+
+    Raises:
+        ValueError: If a mask has the wrong shape or dtype, names an unknown layer, or a
+            parameter is already pruned.
+
+    Examples:
+        >>> keep = select_channels(scores, sparsity=0.5)
+        >>> apply_channel_masks(model, layers, keep)
+        >>> undo_pruning(model)
+    """
+    known = {layer.name for layer in layers}
+    unknown = sorted(set(keep) - known)
+    if unknown:
+        raise ValueError(f"keep has entries for {unknown}, which are not among the given layers.")
+    for layer in layers:
+        if layer.name not in keep:
+            continue
+        kept = _check_keep(layer, keep[layer.name])
+        if bool(kept.all()):
+            continue
+        module, norm = layer_modules(model, layer)
+        channel = kept.to(device=module.weight.device, dtype=module.weight.dtype)
+        shape = (-1,) + (1,) * (module.weight.dim() - 1)
+        _mask_parameter(module, "weight", channel.view(shape).expand_as(module.weight), layer.name)
+        _mask_parameter(module, "bias", channel, layer.name)
+        if norm is not None:
+            _mask_parameter(norm, "weight", channel, layer.norm_name or "")
+            _mask_parameter(norm, "bias", channel, layer.norm_name or "")
+
+
+def undo_pruning(model: nn.Module) -> None:
+    """Remove every channel mask that :func:`apply_channel_masks` put on ``model``.
+
+    The original parameter objects come back with their original values, ``requires_grad`` and
+    order in ``model.parameters()``; masks put by other ``torch.nn.utils.prune`` calls stay.
+
+    Args:
+        model: A model with channel masks (a model without any is left unchanged).
+
+    Examples:
+        >>> apply_channel_masks(model, layers, keep)
+        >>> undo_pruning(model)  # model is exactly as before
+    """
+    for module in model.modules():
+        hooks = [h for h in module._forward_pre_hooks.values() if isinstance(h, ChannelMask)]
+        for hook in reversed(hooks):
+            name = hook._tensor_name
+            with torch.no_grad():
+                getattr(module, name + "_mask").fill_(1)
+            prune.remove(module, name)  # writes orig * 1 == orig back into the same Parameter
+            params = module._parameters  # restore the parameter order (prune re-registers last)
+            params.update([(k, params.pop(k)) for k in hook.param_order])
+
+
+@contextmanager
+def channel_masks(
+    model: nn.Module, layers: Sequence[PrunableLayer], keep: Mapping[str, Tensor]
+) -> Iterator[nn.Module]:
+    """Context manager: :func:`apply_channel_masks` on entry, :func:`undo_pruning` on exit.
+
+    Args:
+        model: The model.
+        layers: Prunable layers.
+        keep: Layer name -> bool keep mask.
+
+    Yields:
+        The masked model.
+
+    Examples:
+        >>> with channel_masks(model, layers, keep) as pruned:
+        ...     accuracy = evaluate_accuracy(pruned, test_loader)
+    """
+    try:
+        apply_channel_masks(model, layers, keep)
+        yield model
+    finally:
+        undo_pruning(model)

@@ -1,0 +1,108 @@
+"""Channel importance of prunable layers from any criterion.
+
+Every criterion is measured at the point the channel mask sets to zero (the BatchNorm output
+when a BatchNorm follows the conv/linear, the layer's own output otherwise), so that zero-baseline
+G-NDI is exactly the first-order estimate of the output change the mask causes. G-NDI comes from
+:func:`captum_gndi.compute_gndi` (``granularity="channel"``); the other criteria (magnitude,
+Taylor, SNIP, HRank, random, ...) from :func:`captum_gndi.validation.criteria.channel_scores`,
+whose docstrings define each per-channel reduction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..scoring import compute_gndi
+from ..validation.criteria import available_methods, channel_scores
+from .layers import PrunableLayer
+
+__all__ = ["CRITERIA", "channel_importance"]
+
+CRITERIA = ("gndi", "gndi_path", "magnitude", "taylor", "snip", "hrank", "random")
+"""The criteria compared in the pruning experiments (any name of
+:func:`captum_gndi.validation.criteria.available_methods` is accepted too)."""
+
+
+def channel_importance(
+    model: nn.Module,
+    data: Iterable[Any],
+    layers: Sequence[PrunableLayer],
+    criterion: str = "gndi",
+    *,
+    baseline: Literal["zero", "mean"] | float = "zero",
+    n_steps: int = 8,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    max_batches: int | None = None,
+) -> dict[str, Tensor]:
+    """Score every output channel of the prunable layers (higher = more important).
+
+    Args:
+        model: The model, in eval mode (left unchanged).
+        data: Batches of ``(inputs, labels)`` to score on (use training data, not the data you
+            measure accuracy on).
+        layers: Prunable layers from :func:`~captum_gndi.pruning.find_prunable`.
+        criterion: ``"gndi"`` (first-order G-NDI, L2 norm over the whole output),
+            ``"gndi_path"`` (path-integrated G-NDI with ``n_steps`` Gauss-Legendre points),
+            ``"magnitude"`` (mean ``|w|`` of the filter, i.e. the L1 filter norm over its size),
+            ``"taylor"`` (Molchanov), ``"snip"``, ``"hrank"``, ``"random"`` or any other
+            criterion of :func:`captum_gndi.validation.criteria.available_methods`.
+        baseline: Layer baseline of G-NDI (and of other baseline-based criteria): ``"zero"``
+            (the pruning intervention itself) or ``"mean"`` (data-set mean activation).
+        n_steps: Integration points of ``"gndi_path"`` and other path methods.
+        seed: Seed of ``"random"``.
+        device: Where to run (default: the model's device).
+        progress: Show progress bars.
+        max_batches: Use at most this many batches of ``data``.
+
+    Returns:
+        Layer name -> ``(C,)`` float64 channel scores.
+
+    Raises:
+        ValueError: For an unknown criterion or empty ``layers``.
+
+    Examples:
+        >>> layers = find_prunable(model, images[:8])
+        >>> scores = channel_importance(model, train_loader, layers, "gndi", max_batches=4)
+        >>> scores["layer1.0.conv1"].shape
+        torch.Size([16])
+    """
+    if not layers:
+        raise ValueError("layers is empty; find_prunable(model, example_inputs) lists them.")
+    points = {layer.name: model.get_submodule(layer.output_name) for layer in layers}
+    if criterion in ("gndi", "gndi_path"):
+        result = compute_gndi(
+            model,
+            data,
+            points,
+            baseline=baseline,
+            granularity="channel",
+            n_steps=1 if criterion == "gndi" else n_steps,
+            device=device,
+            progress=progress,
+            max_batches=max_batches,
+        )
+        return {name: result.mean[name].to(torch.float64).cpu() for name in points}
+    if criterion not in available_methods():
+        raise ValueError(
+            f"Unknown criterion {criterion!r}; choose from {list(available_methods())}."
+        )
+    scores = channel_scores(
+        criterion,
+        model,
+        data,
+        points,
+        baseline=baseline,
+        target="label",
+        seed=seed,
+        n_steps=n_steps,
+        device=device,
+        progress=progress,
+        max_batches=max_batches,
+    )
+    return {name: torch.as_tensor(scores[name], dtype=torch.float64) for name in points}

@@ -1,0 +1,167 @@
+"""``validate``: ablate every unit, score it with every criterion, compare, report."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..baselines import LayerBaseline
+from ..scoring import DataTarget, Layers, _model_device, resolve_layers
+from .ablation import _first_batch, ablate, layer_baselines, select_units
+from .criteria import UndefinedCriterion, _check_methods, _context, _score_each
+from .report import ValidationReport, build_report
+
+__all__ = ["validate"]
+
+LABELLED_DAMAGE = ("accuracy_drop", "loss_increase", "output_delta", "kl")
+UNLABELLED_DAMAGE = ("output_delta", "embedding_cosine")
+
+
+def validate(
+    model: nn.Module,
+    data: Iterable[Any],
+    layers: Layers,
+    methods: Sequence[str] | None = None,
+    damage: Sequence[str] | None = None,
+    baseline: str | float | Mapping[str, LayerBaseline] = "zero",
+    granularity: str = "layer",
+    n_channels: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    max_batches: int | None = None,
+    out_dir: str | Path | None = None,
+    target: DataTarget = "label",
+    n_steps: int = 16,
+    n_random: int = 10,
+    channel_dim: int = 1,
+    n_boot: int = 2000,
+    metadata: Mapping[str, Any] | None = None,
+) -> ValidationReport:
+    """Check how well importance criteria predict the damage of true interventions.
+
+    Runs :func:`~captum_gndi.validation.ablation.ablate` (the damage of ``do(h := b)`` on every
+    unit), :func:`~captum_gndi.validation.criteria.score_methods` (every criterion's score of the
+    same units, with the same baseline) and
+    :func:`~captum_gndi.validation.report.build_report` (correlations with bootstrap intervals,
+    permutation p-values, partial correlations given depth, comparisons with the controls,
+    per-example agreement).
+
+    Args:
+        model: The model, in eval mode; left unchanged.
+        data: A DataLoader (re-iterable) of ``(inputs, labels)``, or of unlabelled inputs for an
+            embedding model.
+        layers: Dict name -> module (e.g. ``captum_gndi.adapters.find_layers(model, "branch")``)
+            or a list of dotted names.
+        methods: Criteria names (see :func:`~captum_gndi.validation.criteria.available_methods`);
+            ``None``: all. Criteria undefined for this model (e.g. HRank on a transformer, SNIP
+            without labels) are skipped with a warning and listed in the report's metadata.
+        damage: Damage metrics; the first is the report's primary metric. ``None``:
+            accuracy drop, loss increase, output change and KL for labelled data; output change
+            and embedding cosine distance otherwise.
+        baseline: ``"zero"``, ``"mean"`` (data-set mean activation), a number, or a dict.
+        granularity: ``"layer"`` or ``"channel"``.
+        n_channels: With ``granularity="channel"``, the size of a seeded random sample of
+            channels (``None``: every channel).
+        seed: Seed of the channel sample, the random control and the resampling.
+        device: Where to run (default: the model's device).
+        progress: Show progress bars.
+        max_batches: Use at most this many batches (for ablation, scores and baselines alike).
+        out_dir: If given, the report (markdown, JSON, CSV, figures) is written there.
+        target: Output of the logit- and loss-based criteria (``"label"``, ``"predicted"``, an
+            int, or ``None`` for embedding models).
+        n_steps: Integration points of the path-integrated criteria.
+        n_random: Seeds of the random control.
+        channel_dim: Activation dimension holding channels (1 for CNNs, -1 for transformers).
+        n_boot: Bootstrap resamples per confidence interval.
+        metadata: Extra entries for the report's header (e.g. the model's name).
+
+    Returns:
+        The :class:`~captum_gndi.validation.report.ValidationReport`.
+
+    Examples:
+        >>> from captum_gndi.adapters import find_layers
+        >>> report = validate(model, test_loader, find_layers(model, "branch"), out_dir="report")
+        >>> print(report)
+    """
+    started = time.perf_counter()
+    named = resolve_layers(model, layers)
+    method_names = _check_methods(methods)
+    device = torch.device(device) if device is not None else _model_device(model)
+    has_labels = _first_batch(data, device)[1] is not None
+    if damage is None:
+        damage = LABELLED_DAMAGE if has_labels else UNLABELLED_DAMAGE
+    units = select_units(model, data, named, granularity, n_channels, seed, channel_dim, device)
+    specs = layer_baselines(model, data, named, baseline, device, progress, max_batches)
+    ablation = ablate(
+        model, data, named, damage, specs, units=units, channel_dim=channel_dim,
+        device=device, progress=progress, max_batches=max_batches,
+    )  # fmt: skip
+    seconds = {"ablation": time.perf_counter() - started}
+    ctx = _context(
+        model, data, named, granularity, specs, target, units, None, seed, n_random, n_steps,
+        "gausslegendre", channel_dim, device, progress, max_batches,
+    )  # fmt: skip
+    scores: dict[str, np.ndarray] = {}
+    per_example: dict[str, np.ndarray] = {}
+    skipped: dict[str, str] = {}
+    for name, result, elapsed in _timed(_score_each(ctx, method_names)):
+        if isinstance(result, UndefinedCriterion):
+            warnings.warn(f"Skipping {name}: {result}", stacklevel=2)
+            skipped[name] = str(result)
+            continue
+        scores[name], rows = result
+        seconds[name] = elapsed
+        if rows is not None:
+            per_example[name] = rows
+    if not scores:
+        raise ValueError(f"No criterion is defined for this model: {skipped}")
+    info = {
+        **dict(metadata or {}),
+        "model": (metadata or {}).get("model", type(model).__name__),
+        "n_examples": ablation.n_examples,
+        "n_units": len(units),
+        "granularity": granularity,
+        "n_channels": n_channels,
+        "baseline": baseline if isinstance(baseline, (str, int, float)) else "custom",
+        "layers": list(named),
+        "clean": ablation.clean,
+        "target": target,
+        "n_steps": n_steps,
+        "seed": seed,
+        "skipped": skipped,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+    }
+    report = build_report(
+        units=[u.name for u in units],
+        depth=np.asarray([u.depth for u in units], dtype=float),
+        damage=ablation.damage,
+        scores=scores,
+        damage_per_example=ablation.damage_per_example,
+        scores_per_example=per_example,
+        metadata=info,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    if out_dir is not None:
+        report.save(out_dir)
+    return report
+
+
+def _timed(results: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any, float]]:
+    """Attach to each yielded item the seconds it took to produce."""
+    iterator = iter(results)
+    while True:
+        start = time.perf_counter()
+        try:
+            name, result = next(iterator)
+        except StopIteration:
+            return
+        yield name, result, time.perf_counter() - start
