@@ -384,11 +384,14 @@ def _vjp_effects(
     """``sum <dy_k/dh, h - b>`` per granularity cell, for every output column ``k``.
 
     The output columns are processed ``chunk`` at a time; each chunk's gradients are reduced to
-    the granularity before the next one is computed, so memory holds ``chunk`` gradients.
+    the granularity and written into a result allocated once, before the next chunk is computed,
+    so memory holds ``chunk`` gradients. (Keeping one small tensor per chunk instead pins the
+    allocator's heap between the large gradient buffers: +3.5 GiB over 384 output dimensions of
+    MiniLM, see docs/benchmarks.md.)
     """
     output = graph.output
     n, k_total = output.shape
-    parts: list[list[Tensor]] = [[] for _ in graph.leaves]
+    effects: list[Tensor | None] = [None] * len(graph.leaves)
     eye = torch.eye(k_total, device=output.device, dtype=output.dtype)
     for start in range(0, k_total, chunk):
         rows = eye[start : start + chunk]  # (k, K)
@@ -397,8 +400,11 @@ def _vjp_effects(
         for i, (grad, delta) in enumerate(zip(grads, graph.deltas)):
             if grad is None:  # the output does not depend on this layer
                 grad = delta.new_zeros(()).expand(rows.shape[0], *delta.shape)
-            parts[i].append(reduce_granularity(grad * delta, granularity, channel_dim))
-    return [torch.cat(p, dim=0) for p in parts]
+            part = reduce_granularity(grad * delta, granularity, channel_dim)
+            if effects[i] is None:
+                effects[i] = part.new_empty((k_total, *part.shape[1:]))
+            effects[i][start : start + rows.shape[0]] = part  # type: ignore[index]
+    return effects  # type: ignore[return-value]
 
 
 def _batched_grad(

@@ -115,6 +115,12 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--limit", type=int, help="test images for accuracy (default: all)")
     parser.add_argument(
+        "--exact-test",
+        action="store_true",
+        help="CIFAR-10: measure accuracy on the 1,017 exact-pixel test images of the shared "
+        "folder (cifar10_exact_raw_prefixes.npz) instead of the test batch",
+    )
+    parser.add_argument(
         "--score-limit", type=int, default=1000, help="training images to score on (default 1000)"
     )
     parser.add_argument(
@@ -151,7 +157,7 @@ def _datasets(args: argparse.Namespace) -> tuple[TensorDataset, TensorDataset, T
             root = shared / "cifar10"
         normalize = "captum" if args.model == "captum-cifar-cnn" else "resnet"
         train = load_cifar10(root, "train", normalize=normalize)
-        test = load_cifar10(root, "test", normalize=normalize)
+        test = load_cifar10(root, "test", exact=args.exact_test, normalize=normalize)
     score = TensorDataset(*(t[: args.score_limit] for t in train.tensors))
     tune = TensorDataset(*(t[: args.finetune_limit] for t in train.tensors))
     return score, tune, TensorDataset(*(t[: args.limit] for t in test.tensors))

@@ -271,7 +271,10 @@ def mean_activations(
                     f"{tuple(total.shape)}); a mean baseline needs fixed shapes (pad inputs to "
                     "one length)."
                 )
-            sums[i] = total if sums[i] is None else sums[i] + total
+            if sums[i] is None:
+                sums[i] = total
+            else:
+                sums[i].add_(total)  # in place: no new long-lived tensor per batch
             dtypes[i] = h.dtype
         count += inputs[0].shape[0]
     *sums, count = _all_reduce([*sums, count], device)
@@ -387,10 +390,10 @@ def compute_gndi(
             mode = used  # decide (and warn about a fallback) once, not on every batch
             for i, effect in enumerate(effects):
                 score = effect_norms(effect, p).to(torch.float64)
-                sums[i] = score.sum(0) if sums[i] is None else sums[i] + score.sum(0)
-                squares[i] = (
-                    score.pow(2).sum(0) if squares[i] is None else squares[i] + score.pow(2).sum(0)
-                )
+                if sums[i] is None:
+                    sums[i], squares[i] = torch.zeros_like(score[0]), torch.zeros_like(score[0])
+                sums[i].add_(score.sum(0))  # in place: no new long-lived tensor per batch
+                squares[i].add_(score.pow(2).sum(0))
             count += part[0].shape[0]
     reduced = _all_reduce([*sums, *squares, count], device)
     sums, squares, count = reduced[: len(specs)], reduced[len(specs) : -1], reduced[-1]

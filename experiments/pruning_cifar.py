@@ -149,7 +149,7 @@ def main() -> None:
         "rankings": {},
     }
     markdown = []
-    for ranking in args.rankings.split(","):
+    for ranking in [r for r in args.rankings.split(",") if r]:
         scope, normalize = RANKINGS[ranking]
         curve = sparsity_curve(
             model,
@@ -206,7 +206,7 @@ def main() -> None:
                 accs.append(evaluate_accuracy(small, test_loader))
             rows[f"Torch-Pruning + {importance}"] = accs
         results["torch_pruning"] = rows
-        dense = results["dense_accuracy"]
+        dense = evaluate_accuracy(model, test_loader)
         markdown.append(
             f"### {args.model}, Torch-Pruning (physical, same fraction per layer)\n\n"
             + _table(dense, rows, args.sparsities)
@@ -229,9 +229,16 @@ def main() -> None:
             progress=False,
         )
         results["finetune"] = tuned.to_dict()
+        lines = [
+            "| criterion | no retraining | after fine-tune |",
+            "|---|---:|---:|",
+            f"| (unpruned) | {tuned.dense_accuracy:.2%} | |",
+        ]
+        for p in tuned.points:
+            lines.append(f"| {p.criterion} | {p.accuracy:.2%} | {p.finetuned_accuracy:.2%} |")
         markdown.append(
-            f"### {args.model}, 50% per layer, {args.finetune_epochs} epoch(s) fine-tune on "
-            f"{len(tune)} training images\n\n" + tuned.to_markdown(finetuned=True)
+            f"### {args.model}, 50% per layer, {args.finetune_epochs} epoch(s) SGD fine-tune on "
+            f"{len(tune)} training images\n\n" + "\n".join(lines)
         )
         print(markdown[-1], "\n", flush=True)
 
