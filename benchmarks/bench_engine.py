@@ -355,13 +355,12 @@ def main() -> None:
                 flush=True,
             )
     methods = results["methods"]
-    if "gndi_reverse" in methods:
-        reference = methods["gndi_reverse"]["scores"]
-        for name in ("naive_jvp", "gndi_forward", "gndi_auto"):
-            if name in methods:
-                methods[name]["max_rel_diff_vs_reverse"] = relative_difference(
-                    methods[name]["scores"], reference
-                )
+    reference = next((m for m in ("gndi_reverse", "gndi_forward") if m in methods), None)
+    for name in ("naive_jvp", "gndi_forward", "gndi_reverse", "gndi_auto"):
+        if reference and name in methods and name != reference:
+            methods[name][f"max_rel_diff_vs_{reference}"] = relative_difference(
+                methods[name]["scores"], methods[reference]["scores"]
+            )
     for record in methods.values():
         record.pop("scores", None)
     text = json.dumps(results, indent=2)

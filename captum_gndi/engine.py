@@ -321,13 +321,13 @@ def _vectorised_jvps(batch: Batch, cells: Sequence[tuple[int, int | None]], alph
         with _hooks(batch, list(entries), edit):
             return batch.run()
 
-    origin = torch.zeros(len(cells), dtype=torch.float64)
+    origin = torch.zeros(len(cells))  # 0/1 entries: exact in any dtype
 
     def tangent_of(direction: Tensor) -> Tensor:
         return torch.func.jvp(scaled, (origin,), (direction,))[1]
 
     with torch.no_grad():
-        return torch.func.vmap(tangent_of)(torch.eye(len(cells), dtype=torch.float64))
+        return torch.func.vmap(tangent_of)(torch.eye(len(cells)))
 
 
 def _one_jvp(batch: Batch, position: int, alpha: float, channel: int | None) -> Tensor:
@@ -501,16 +501,19 @@ def choose_mode(
 ) -> str:
     """Pick the engine that needs fewer passes.
 
-    Reverse mode costs one forward pass plus one VJP per output dimension (``n_outputs``);
-    forward mode one primal pass plus one tangent per intervention direction (``n_tangents``:
-    the number of layers for first-order layer granularity, of channels for channel
-    granularity). A VJP and a tangent each cost about one forward pass, so reverse is chosen
-    when ``n_outputs < n_tangents`` (and always for unit granularity). The choice is logged at
-    debug level.
+    Reverse mode costs one forward pass plus one backward pass per output dimension:
+    ``1 + n_outputs``. Forward mode costs one primal pass per group of tangents plus one tangent
+    per intervention direction: ``n_groups + n_tangents``, with ``n_groups`` as the forward
+    engine forms them (about ``sqrt(n_layers)``, at least ``n_tangents / TANGENT_CHUNK``). A
+    backward pass and a tangent each cost about one forward pass (measured 0.9 to 1.3 on
+    ResNet-18/56 and MiniLM, docs/benchmarks.md), so reverse is chosen when
+    ``1 + n_outputs <= n_groups + n_tangents``, and always for unit granularity. The choice is
+    logged at debug level.
 
     Args:
         mode: ``"auto"``, ``"forward"`` or ``"reverse"`` (returned unchanged unless auto).
-        n_layers: Number of intervention points.
+        n_layers: Intervention points per pass (1 for path-integrated G-NDI, which needs a pass
+            per layer).
         n_outputs: Output dimensions K.
         granularity: ``"layer"``, ``"channel"`` or ``"unit"``.
         n_tangents: Tangents per forward-mode pass (default: ``n_layers``).
@@ -527,17 +530,44 @@ def choose_mode(
     if mode != "auto":
         return mode
     n_tangents = n_layers if n_tangents is None else n_tangents
-    chosen = "reverse" if granularity == "unit" or n_outputs < n_tangents else "forward"
+    n_groups = max(round(math.sqrt(n_layers)), math.ceil(n_tangents / TANGENT_CHUNK))
+    forward_cost, reverse_cost = n_groups + n_tangents, 1 + n_outputs
+    chosen = "reverse" if granularity == "unit" or reverse_cost <= forward_cost else "forward"
     logger.debug(
-        "mode='auto' chose %s (%d layers, %d output dims, %d tangents per forward pass, "
-        "granularity=%s)",
+        "mode='auto' chose %s (%d layers, %d output dims, %d tangents, granularity=%s; "
+        "passes: forward ~%d, reverse ~%d)",
         chosen,
         n_layers,
         n_outputs,
         n_tangents,
         granularity,
+        forward_cost,
+        reverse_cost,
     )
     return chosen
+
+
+def _probe(
+    batch: Batch, granularity: Granularity, alphas: Sequence[float], n_outputs: int | None
+) -> tuple[_Graph | None, int, int, int]:
+    """What ``auto`` needs to choose: ``(graph, n_outputs, layers per pass, tangents per pass)``.
+
+    First-order G-NDI probes with the reverse engine's own forward pass (returned as ``graph``,
+    so choosing reverse costs nothing extra); path-integrated G-NDI with a plain forward pass.
+    """
+    first_order = _first_order(alphas)
+    n_layers = len(batch.layers) if first_order else 1
+    if granularity == "layer" and n_outputs is not None:
+        return None, n_outputs, n_layers, n_layers
+    graph = _record(batch, range(len(batch.layers))) if first_order else None
+    output, activations = (
+        (graph.output, graph.deltas) if graph is not None else capture_activations(batch)
+    )
+    n_tangents = n_layers
+    if granularity == "channel":
+        counts = [batch.n_channels(h) for h in activations]
+        n_tangents = sum(counts) if first_order else max(counts)
+    return graph, output.shape[1], n_layers, n_tangents
 
 
 def _is_missing_forward_ad(error: BaseException) -> bool:
@@ -578,26 +608,15 @@ def compute_effects(
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    graph = None
-    chosen: str = mode
+    graph, chosen = None, mode
     if mode == "auto":
-        n_tangents = len(batch.layers) if _first_order(alphas) else 1
-        if granularity != "layer" or n_outputs is None:
-            if _first_order(alphas):
-                graph = _record(batch, range(len(batch.layers)))
-                output, activations = graph.output, graph.deltas
-            else:
-                output, activations = capture_activations(batch)
-            n_outputs = output.shape[1]
-            if granularity == "channel":
-                counts = [batch.n_channels(h) for h in activations]
-                n_tangents = sum(counts) if _first_order(alphas) else max(counts)
-        chosen = choose_mode(mode, len(batch.layers), n_outputs, granularity, n_tangents)
+        graph, n_outputs, n_layers, n_tangents = _probe(batch, granularity, alphas, n_outputs)
+        chosen = choose_mode(mode, n_layers, n_outputs, granularity, n_tangents)
     if chosen == "reverse":
         if graph is not None:
             return _reverse_from(graph, batch, granularity, weights[0], VJP_CHUNK), "reverse"
         return reverse_effects(batch, granularity, alphas, weights), "reverse"
-    del graph
+    graph = None  # free the probe's autograd graph before running forward mode
     try:
         return forward_effects(batch, granularity, alphas, weights), "forward"
     except (NotImplementedError, RuntimeError) as error:

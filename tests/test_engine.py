@@ -107,7 +107,7 @@ class TwoInputs(nn.Module):
         return self.out(torch.tanh(self.mix(torch.tanh(self.a(x1) + scale * self.b(x2)))))
 
 
-class Sequence(nn.Module):
+class TokenNet(nn.Module):
     """``(N, T, D)`` states with channels last, like a transformer."""
 
     def __init__(self) -> None:
@@ -157,7 +157,7 @@ def cases():
     """(name, model, inputs, additional_forward_args, layers, channel_dim)."""
     torch.manual_seed(10)
     m, c = mlp(), cnn()
-    t, two, seq, legacy = (net().eval() for net in (TupleNet, TwoInputs, Sequence, LegacyNet))
+    t, two, seq, legacy = (net().eval() for net in (TupleNet, TwoInputs, TokenNet, LegacyNet))
     return [
         ("mlp", m, (torch.randn(6, 5),), None, [m[0], m[2]], 1),
         ("cnn", c, (torch.randn(3, 2, 5, 5),), None, [c[1], c[3], c[4]], 1),
@@ -225,24 +225,30 @@ def test_models_torch_func_cannot_transform_fall_back_to_one_pass_per_tangent(ca
     assert_rel_close(effects[0], reverse_effects(batch, "channel")[0])
 
 
-def test_chunk_sizes_do_not_change_results():
+def test_chunk_sizes_and_layer_order_do_not_change_results():
     _name, model, inputs, args, layers, channel_dim = cases()[1]
     batch = make_batch(model, inputs, args, layers)
+    backwards = make_batch(model, inputs, args, layers[::-1])  # groups against execution order
     for granularity in ("layer", "channel"):
         big = forward_effects(batch, granularity)
         small = forward_effects(batch, granularity, tangent_chunk=1)
+        reordered = forward_effects(backwards, granularity)[::-1]
         batched_vjps = reverse_effects(batch, granularity, vjp_chunk=3)
-        for a, b, c in zip(big, small, batched_vjps):
+        for a, b, c, d in zip(big, small, reordered, batched_vjps):
             assert_rel_close(b, a, rtol=1e-12)
-            assert_rel_close(c, a)
+            assert_rel_close(c, a, rtol=1e-12)
+            assert_rel_close(d, a)
 
 
 # --- choosing the engine ----------------------------------------------------------------------
 
 
 def test_choose_mode_rule():
-    assert choose_mode("auto", 27, 10, "layer") == "reverse"  # 10 VJPs < 27 tangents
-    assert choose_mode("auto", 12, 384, "layer") == "forward"  # 12 tangents < 384 VJPs
+    # passes: reverse 1 + K; forward round(sqrt(L)) groups + L tangents
+    assert choose_mode("auto", 27, 10, "layer") == "reverse"  # 11 < 5 + 27
+    assert choose_mode("auto", 8, 10, "layer") == "reverse"  # 11 <= 3 + 8
+    assert choose_mode("auto", 8, 11, "layer") == "forward"  # 12 > 3 + 8
+    assert choose_mode("auto", 12, 384, "layer") == "forward"  # 385 > 3 + 12
     assert choose_mode("auto", 12, 384, "channel", n_tangents=12 * 384) == "reverse"
     assert choose_mode("auto", 1, 1, "unit") == "reverse"
     assert choose_mode("forward", 1, 100, "layer") == "forward"
