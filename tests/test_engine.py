@@ -246,8 +246,8 @@ def test_chunk_sizes_and_layer_order_do_not_change_results():
 def test_choose_mode_rule():
     # passes: reverse 1 + K; forward round(sqrt(L)) groups + L tangents
     assert choose_mode("auto", 27, 10, "layer") == "reverse"  # 11 < 5 + 27
-    assert choose_mode("auto", 8, 10, "layer") == "reverse"  # 11 <= 3 + 8
-    assert choose_mode("auto", 8, 11, "layer") == "forward"  # 12 > 3 + 8
+    assert choose_mode("auto", 8, 9, "layer") == "reverse"  # 10 < 3 + 8
+    assert choose_mode("auto", 8, 10, "layer") == "forward"  # a tie, 11 = 3 + 8, goes forward
     assert choose_mode("auto", 12, 384, "layer") == "forward"  # 385 > 3 + 12
     assert choose_mode("auto", 12, 384, "channel", n_tangents=12 * 384) == "reverse"
     assert choose_mode("auto", 1, 1, "unit") == "reverse"
