@@ -95,7 +95,7 @@ def header(report: dict[str, Any]) -> str:
 
 def table(report: dict[str, Any], metric: str, paper: bool = False) -> list[str]:
     """Markdown rows of every criterion against one damage metric."""
-    cols = ["criterion", "Pearson", "Spearman [95% CI]", "Kendall", "partial Spearman | depth"]
+    cols = ["criterion", "Pearson", "Spearman [95% CI]", "Kendall", "partial Spearman given depth"]
     cols += ["vs controls"] + (["paper (P / S / K)"] if paper else [])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for method in report["groups"]:
