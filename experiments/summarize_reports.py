@@ -12,6 +12,8 @@ For each report and damage metric it prints one row per criterion: Pearson, Spea
 95% bootstrap interval, Kendall, the partial Spearman given depth, and the controls the
 criterion beats (the paired-bootstrap interval of the Spearman difference lies above 0) or
 loses to (below 0). ``--paper`` prints the paper's headline numbers beside ours.
+``--verdicts gndi`` prints instead one table of G-NDI against every control (paired-bootstrap
+ΔSpearman with its 95% interval) for all the reports given.
 """
 
 from __future__ import annotations
@@ -114,12 +116,53 @@ def table(report: dict[str, Any], metric: str, paper: bool = False) -> list[str]
     return lines
 
 
+CONTROLS = ("grad_x_activation", "activation_change", "depth", "param_count", "random")
+
+
+def verdict_table(reports: dict[str, dict[str, Any]], method: str, metrics: list[str]) -> list[str]:
+    """One row per report and damage metric: ``method`` against each control, as
+    "beats / ties / loses to" with the paired-bootstrap ΔSpearman and its 95% interval."""
+    cols = ["report", "damage", f"{LABELS.get(method, method)} Spearman"]
+    cols += [LABELS[c].rstrip(" *") for c in CONTROLS]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    words = {"beats": "**beats**", "does not beat": "ties", "loses to": "loses"}
+    for name, report in reports.items():
+        for metric in metrics:
+            if metric not in report["correlations"].get(method, {}):
+                continue
+            row = [name, f"`{metric}`"]
+            row.append(_estimate(report["correlations"][method][metric]["spearman"], True))
+            for control in CONTROLS:
+                cmp = report["comparisons"].get(method, {}).get(control, {}).get(metric)
+                if cmp is None or cmp["value"] is None:
+                    row.append("n/a")
+                    continue
+                row.append(
+                    f"{words[cmp['verdict']]} {cmp['value']:+.2f} "
+                    f"[{cmp['ci_low']:+.2f}, {cmp['ci_high']:+.2f}]"
+                )
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", help="report folders (holding report.json)")
     parser.add_argument("--metric", action="append", help="damage metric(s) (default: primary)")
     parser.add_argument("--paper", action="store_true", help="add the paper's numbers")
+    parser.add_argument(
+        "--verdicts",
+        metavar="METHOD",
+        help="instead of the tables, one table of METHOD against every control, for all reports",
+    )
     args = parser.parse_args()
+    if args.verdicts:
+        reports = {
+            Path(f).name: json.loads((Path(f) / "report.json").read_text()) for f in args.reports
+        }
+        metrics = args.metric or ["output_delta", "accuracy_drop", "loss_increase", "kl"]
+        print("\n".join(verdict_table(reports, args.verdicts, metrics)))
+        return
     for folder in args.reports:
         report = json.loads((Path(folder) / "report.json").read_text())
         seconds = report["metadata"].get("seconds", {})
