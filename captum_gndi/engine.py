@@ -270,8 +270,7 @@ def _tangent_pass(
     cells = [
         (p, c) for p in positions for c in ([None] if channels is None else range(channels[p]))
     ]
-    n_groups = max(round(math.sqrt(len(positions))), math.ceil(len(cells) / chunk))
-    size = math.ceil(len(cells) / n_groups)
+    size = math.ceil(len(cells) / _tangent_groups(len(positions), len(cells), chunk))
     columns = torch.cat(
         [_group_jvps(batch, cells[i : i + size], alpha) for i in range(0, len(cells), size)]
     )
@@ -282,6 +281,12 @@ def _tangent_pass(
         start += count
         effects.append(block[0].T if channels is None else block.permute(2, 1, 0))
     return effects
+
+
+def _tangent_groups(n_layers: int, n_tangents: int, chunk: int) -> int:
+    """Vectorised forward passes (one primal pass each) for ``n_tangents`` tangents over
+    ``n_layers`` layers: about ``sqrt(n_layers)``, and at least enough for ``chunk`` per pass."""
+    return max(round(math.sqrt(n_layers)), math.ceil(n_tangents / chunk))
 
 
 def _group_jvps(batch: Batch, cells: Sequence[tuple[int, int | None]], alpha: float) -> Tensor:
@@ -531,7 +536,7 @@ def choose_mode(
     if mode != "auto":
         return mode
     n_tangents = n_layers if n_tangents is None else n_tangents
-    n_groups = max(round(math.sqrt(n_layers)), math.ceil(n_tangents / TANGENT_CHUNK))
+    n_groups = _tangent_groups(n_layers, n_tangents, TANGENT_CHUNK)
     forward_cost, reverse_cost = n_groups + n_tangents, 1 + n_outputs
     chosen = "reverse" if granularity == "unit" or reverse_cost < forward_cost else "forward"
     logger.debug(

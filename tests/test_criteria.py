@@ -35,6 +35,17 @@ def tabular() -> tuple[torch.Tensor, torch.Tensor, DataLoader]:
     return x, y, DataLoader(TensorDataset(x, y), batch_size=4)
 
 
+def _conv_bn_net() -> tuple[torch.Tensor, DataLoader, nn.Sequential]:
+    """Six labelled 2x5x5 images and a conv -> BatchNorm -> ReLU -> linear classifier."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 5, 5)
+    loader = DataLoader(TensorDataset(x, torch.arange(6) % 3), batch_size=3)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(36, 3)
+    ).eval()
+    return x, loader, model
+
+
 def _score(model, loader, layers, method, **kwargs):
     scores, per_example = score_methods(
         model, loader, layers, methods=[method], progress=False, **kwargs
@@ -190,13 +201,8 @@ def test_captum_path_methods_are_complete_on_a_linear_network(tabular):
         assert per_example[:, 0] == pytest.approx(target_logit.abs().numpy(), rel=1e-4), method
 
 
-def test_weight_criteria_and_controls_by_hand(tabular):
-    torch.manual_seed(0)
-    x = torch.randn(6, 2, 5, 5)
-    loader = DataLoader(TensorDataset(x, torch.arange(6) % 3), batch_size=3)
-    model = nn.Sequential(
-        nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(36, 3)
-    ).eval()
+def test_weight_criteria_and_controls_by_hand():
+    x, loader, model = _conv_bn_net()
     with torch.no_grad():
         model[1].weight.uniform_(0.5, 1.5)
     names = [n for n, _ in unit_parameters(model, model[1])]
@@ -249,13 +255,8 @@ def test_channel_criteria_of_a_block_are_undefined_and_can_be_skipped(tabular):
         score_methods(model, loader, ["0"], ["gndi", "shapley"], progress=False)
 
 
-def test_every_criterion_leaves_the_model_as_it_was(tabular):
-    torch.manual_seed(0)
-    x = torch.randn(6, 2, 5, 5)
-    loader = DataLoader(TensorDataset(x, torch.arange(6) % 3), batch_size=3)
-    model = nn.Sequential(
-        nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(36, 3)
-    ).eval()
+def test_every_criterion_leaves_the_model_as_it_was():
+    _x, loader, model = _conv_bn_net()
     model[0].weight.requires_grad_(False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
