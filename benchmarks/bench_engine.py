@@ -45,8 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_gndi.attr import make_runner
-from captum_gndi.engine import Batch, capture_activations, compute_effects, true_effects
+from captum_gndi.runs import make_runner
+from captum_gndi.engine import ScoringJob, capture_activations, compute_effects, true_effects
 from captum_gndi.interventions import intervene
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -67,8 +67,8 @@ class Setup:
     description: str
     target: Tensor | None = None
 
-    def batch(self) -> Batch:
-        return Batch(
+    def batch(self) -> ScoringJob:
+        return ScoringJob(
             run=make_runner(self.model, self.inputs, self.forward_args, self.target),
             layers=self.layers,
             labels=[f"layer{i}" for i in range(len(self.layers))],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,118 +10,23 @@ import torch
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import Tensor, nn
 
-from ._captum_compat import (
-    TargetType,
-    as_forward_args,
-    as_input_tuple,
-    integration_points,
-    run_forward,
-    select_targets,
-)
+from ._captum_compat import TargetType, as_forward_args, as_input_tuple, integration_points
 from .baselines import LayerBaseline, per_layer
 from .engine import (
-    Batch,
     Granularity,
     Mode,
+    ScoringJob,
     capture_activations,
     compute_effects,
     effect_norms,
     true_effects,
 )
 from .interventions import LayerCall, LayerSpec, check_layers_in_model, layer_label
+from .runs import check_inputs, check_norm, make_runner, warn_if_training
 
-__all__ = ["LayerGNDI", "make_runner", "check_p"]
+__all__ = ["LayerGNDI"]
 
 InputBaselines = Any  # Captum's BaselineType: None, a number, a tensor, or a tuple of them
-
-
-def check_p(p: float) -> float:
-    """Validate the norm order: any p >= 1, or ``inf``."""
-    if isinstance(p, str):
-        p = {"l1": 1.0, "l2": 2.0, "linf": math.inf, "inf": math.inf}.get(p.lower(), p)
-    if not isinstance(p, (int, float)) or math.isnan(p) or p < 1:
-        raise ValueError(
-            f"p must be a number >= 1 or inf ('l1', 'l2', 'linf' are accepted too), got {p!r}; "
-            "p < 1 is not a norm."
-        )
-    return float(p)
-
-
-def _check_target(output: Tensor, target: TargetType) -> None:
-    if target is None:
-        return
-    if output.dim() < 2:
-        raise ValueError(
-            f"A target was given but the model output has shape {tuple(output.shape)}; targets "
-            "index dimension 1 of an (N, C, ...) output. Use target=None for this model."
-        )
-    if isinstance(target, Tensor):
-        indices = target.flatten().tolist()
-    elif isinstance(target, list) and target and isinstance(target[0], int):
-        indices = target
-    elif isinstance(target, int):
-        indices = [target]
-    else:
-        return  # tuples / lists of tuples: Captum's own checks apply
-    bad = [i for i in indices if not -output.shape[1] <= i < output.shape[1]]
-    if bad:
-        raise ValueError(
-            f"target {bad[0]} is out of range for an output with {output.shape[1]} entries "
-            f"along dimension 1 (valid: 0..{output.shape[1] - 1})."
-        )
-
-
-def make_runner(
-    forward_func: Callable[..., Any],
-    inputs: tuple[Tensor, ...],
-    forward_args: Any,
-    target: TargetType,
-) -> Callable[[], Tensor]:
-    """A zero-argument function running the model and returning the selected output as (N, K)."""
-
-    def run() -> Tensor:
-        output = run_forward(forward_func, inputs, forward_args)
-        if not isinstance(output, Tensor):
-            raise TypeError(
-                f"forward_func returned a {type(output).__name__}; G-NDI needs a tensor of "
-                "per-example outputs. Wrap the model, e.g. lambda *a: model(*a).logits, or use "
-                "captum_gndi.adapters.sentence_embedding for Hugging Face encoders."
-            )
-        if not output.is_floating_point():
-            raise TypeError(
-                f"forward_func returned a {output.dtype} tensor; G-NDI needs a floating-point "
-                "output (logits or embeddings, not predicted labels)."
-            )
-        if output.dim() == 0 or output.shape[0] != inputs[0].shape[0]:
-            raise ValueError(
-                f"forward_func returned shape {tuple(output.shape)} for {inputs[0].shape[0]} "
-                "examples; G-NDI needs one output row per example (N, ...), not a reduced loss."
-            )
-        _check_target(output, target)
-        selected = select_targets(output, target)
-        return selected.reshape(selected.shape[0], -1)
-
-    return run
-
-
-def _check_inputs(inputs: tuple[Tensor, ...]) -> None:
-    for index, tensor in enumerate(inputs):
-        if not isinstance(tensor, Tensor):
-            raise TypeError(f"inputs[{index}] is a {type(tensor).__name__}, not a tensor.")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(
-                f"inputs[{index}] contains NaN or inf values; G-NDI would be NaN. "
-                "Clean or mask the inputs first."
-            )
-
-
-def _warn_if_training(model: Any) -> None:
-    if isinstance(model, nn.Module) and model.training:
-        warnings.warn(
-            "The model is in training mode: dropout and batch statistics make G-NDI random and "
-            "couple the examples of a batch. Call model.eval() first.",
-            stacklevel=3,
-        )
 
 
 class LayerGNDI(LayerAttribution, GradientAttribution):
@@ -199,7 +103,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         layer_baselines: LayerBaseline | Sequence[LayerBaseline] = None,
-        p: float = 2,
+        norm: float | str = 2,
         attribute_to_layer_input: bool = False,
         return_convergence_delta: bool = False,
         mode: Mode = "auto",
@@ -207,6 +111,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         n_steps: int = 1,
         method: str = "gausslegendre",
         channel_dim: int = 1,
+        p: float | str | None = None,
     ) -> Tensor | list[Tensor] | tuple[Tensor | list[Tensor], Tensor | list[Tensor]]:
         r"""Compute G-NDI scores for each example.
 
@@ -222,7 +127,8 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             layer_baselines: Layer-space baseline: ``None``/``"zero"``, a number, a tensor
                 broadcastable to the activation, or a callable ``h -> b``; a list gives one per
                 layer.
-            p: Norm order over the output, any ``p >= 1`` or ``math.inf``.
+            norm: Norm over the output: any order ``p >= 1``, ``math.inf``, or ``"l1"``,
+                ``"l2"``, ``"linf"``.
             attribute_to_layer_input: Intervene on the layer's input instead of its output.
             return_convergence_delta: Also return, per example, the Taylor remainder
                 ``|| (f(x) - f_do(x)) - J_{>L}(x)(h - b) ||_p`` against a real intervention
@@ -239,6 +145,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 ``"riemann_trapezoid"``, ...).
             channel_dim: Activation dimension holding channels (1 for CNNs, -1 for
                 ``(N, T, D)`` transformer states).
+            p: Deprecated spelling of ``norm`` (kept for one release).
 
         Returns:
             Scores of shape ``(N,)`` per layer (a list for a list of layers; ``(N, C)`` or
@@ -249,7 +156,14 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             >>> gndi = LayerGNDI(model, [model.layer1, model.layer2])
             >>> scores, delta = gndi.attribute(x, target=0, return_convergence_delta=True)
         """
-        p = check_p(p)
+        if p is not None:
+            warnings.warn(
+                "LayerGNDI.attribute(p=...) is deprecated; use norm=... (same values).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            norm = p
+        order = check_norm(norm)
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
         if return_convergence_delta and granularity != "layer":
@@ -260,9 +174,9 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 "baseline is the activation at the input baselines."
             )
         input_tuple = as_input_tuple(inputs)
-        _check_inputs(input_tuple)
+        check_inputs(input_tuple)
         forward_args = as_forward_args(additional_forward_args)
-        _warn_if_training(self.forward_func)
+        warn_if_training(self.forward_func)
 
         if baselines is not None:
             layer_specs = self._activations_at(
@@ -270,23 +184,23 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             )
         else:
             layer_specs = per_layer(layer_baselines, len(self._layers))
-        batch = Batch(
+        job = ScoringJob(
             run=make_runner(self.forward_func, input_tuple, forward_args, target),
             layers=self._layers,
             labels=self._labels,
             baselines=layer_specs,
-            on_input=attribute_to_layer_input,
+            attribute_to_layer_input=attribute_to_layer_input,
             channel_dim=channel_dim,
         )
         alphas, weights = (1.0,), (1.0,)
         if n_steps > 1:
             alphas, weights = integration_points(n_steps, method)
-        effects, _ = compute_effects(batch, mode, granularity, alphas, weights)
-        scores = [effect_norms(effect, p) for effect in effects]
+        effects, _ = compute_effects(job, mode, granularity, alphas, weights)
+        scores = [effect_norms(effect, order) for effect in effects]
         if not return_convergence_delta:
             return self._format(scores)
-        exact = true_effects(batch)
-        deltas = [effect_norms(e - pred, p) for e, pred in zip(exact, effects)]
+        exact = true_effects(job)
+        deltas = [effect_norms(e - pred, order) for e, pred in zip(exact, effects)]
         return self._format(scores), self._format(deltas)
 
     def _activations_at(
@@ -294,7 +208,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         inputs: tuple[Tensor, ...],
         baselines: InputBaselines,
         forward_args: Any,
-        on_input: bool,
+        attribute_to_layer_input: bool,
     ) -> list[Tensor]:
         """Layer activations at Captum-style input baselines (one per example)."""
         baseline_tuple = baselines if isinstance(baselines, tuple) else (baselines,)
@@ -313,15 +227,15 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                     f"Input baseline {index} of shape {tuple(value.shape)} does not broadcast "
                     f"to input of shape {tuple(tensor.shape)}."
                 ) from error
-        _check_inputs(tuple(expanded))
-        batch = Batch(
+        check_inputs(tuple(expanded))
+        job = ScoringJob(
             run=make_runner(self.forward_func, tuple(expanded), forward_args, None),
             layers=self._layers,
             labels=self._labels,
             baselines=[None] * len(self._layers),
-            on_input=on_input,
+            attribute_to_layer_input=attribute_to_layer_input,
         )
-        return capture_activations(batch)[1]
+        return capture_activations(job)[1]
 
     def _format(self, values: list[Tensor]) -> Tensor | list[Tensor]:
         return values if isinstance(self.layer, (list, tuple)) else values[0]

@@ -1,7 +1,7 @@
-"""Pure computations of J_{>L}(x) (h_L - b_L) for one batch.
+"""Pure computations of J_{>L}(x) (h_L - b_L) for one batch of examples.
 
-Everything here works on a :class:`Batch`: a zero-argument ``run`` that evaluates the model on a
-fixed batch and returns its (target-selected) output flattened to ``(N, K)``, plus the
+Everything here works on a :class:`ScoringJob`: a zero-argument ``run`` that evaluates the model
+on a fixed batch and returns its (target-selected) output flattened to ``(N, K)``, plus the
 intervention points and their baselines. The results are *effects* with the output dimension
 first: ``(K, N)`` per layer, ``(K, N, C)`` per channel, ``(K, N, *activation_shape)`` per unit.
 Scores are p-norms of effects over ``K`` (:func:`effect_norms`).
@@ -40,11 +40,12 @@ from torch import Tensor
 
 from .baselines import LayerBaseline, resolve_layer_baseline
 from .interventions import LayerSpec, intervene
+from .runs import channel_count
 
 __all__ = [
-    "Batch",
     "Granularity",
     "Mode",
+    "ScoringJob",
     "capture_activations",
     "choose_mode",
     "compute_effects",
@@ -71,15 +72,19 @@ TANGENT_CHUNK = 32
 
 
 @dataclass
-class Batch:
-    """One batch to score.
+class ScoringJob:
+    """One scoring job: a fixed batch of examples, the model run on it, and where to intervene.
+
+    Not a data batch: ``run`` closes over the batch's inputs and targets, so both engines, the
+    true-effect computation and the validation harness share one object and resolve targets and
+    baselines once.
 
     Attributes:
         run: Runs the model on the batch and returns the selected output as ``(N, K)``.
         layers: Intervention points.
         labels: One readable name per layer (used in errors).
         baselines: One layer-baseline specification per layer (see :mod:`captum_gndi.baselines`).
-        on_input: Intervene on each layer's input instead of its output.
+        attribute_to_layer_input: Intervene on each layer's input instead of its output.
         channel_dim: Dimension of the activation that holds channels (1 for ``(N, C, H, W)``,
             -1 for ``(N, T, D)`` transformer states).
     """
@@ -88,7 +93,7 @@ class Batch:
     layers: Sequence[LayerSpec]
     labels: Sequence[str]
     baselines: Sequence[LayerBaseline]
-    on_input: bool = False
+    attribute_to_layer_input: bool = False
     channel_dim: int = 1
 
     def check_activation(self, position: int, h: Tensor) -> None:
@@ -113,51 +118,45 @@ class Batch:
 
     def n_channels(self, h: Tensor) -> int:
         """The size of the channel dimension of an activation, with a clear error if absent."""
-        if self.channel_dim == 0 or not -h.dim() < self.channel_dim < h.dim():
-            raise ValueError(
-                f"channel_dim={self.channel_dim} is not a channel dimension of an activation of "
-                f"shape {tuple(h.shape)} (dimension 0 indexes examples); use 1 for (N, C, ...) "
-                "or -1 for (N, T, D)."
-            )
-        return h.shape[self.channel_dim]
+        return channel_count(h.shape, self.channel_dim)
 
 
-def _hooks(batch: Batch, positions: Sequence[int], edit):
-    """Hook the layers at ``positions``; ``edit`` receives positions into ``batch.layers``."""
+def _hooks(job: ScoringJob, positions: Sequence[int], edit):
+    """Hook the layers at ``positions``; ``edit`` receives positions into ``job.layers``."""
     return intervene(
-        [batch.layers[p] for p in positions],
+        [job.layers[p] for p in positions],
         lambda i, h: edit(positions[i], h),
-        on_input=batch.on_input,
-        labels=[batch.labels[p] for p in positions],
+        attribute_to_layer_input=job.attribute_to_layer_input,
+        labels=[job.labels[p] for p in positions],
     )
 
 
-def capture_activations(batch: Batch) -> tuple[Tensor, list[Tensor]]:
-    """Run the batch once (no gradients) and return its output and detached activations."""
-    activations: list[Tensor | None] = [None] * len(batch.layers)
+def capture_activations(job: ScoringJob) -> tuple[Tensor, list[Tensor]]:
+    """Run the job once (no gradients) and return its output and detached activations."""
+    activations: list[Tensor | None] = [None] * len(job.layers)
 
     def edit(position: int, h: Tensor) -> None:
-        batch.check_activation(position, h)
+        job.check_activation(position, h)
         activations[position] = h.detach().clone()
 
-    with torch.no_grad(), _hooks(batch, range(len(batch.layers)), edit):
-        output = batch.run()
+    with torch.no_grad(), _hooks(job, range(len(job.layers)), edit):
+        output = job.run()
     return output.detach(), activations  # type: ignore[return-value]
 
 
-def true_effects(batch: Batch) -> list[Tensor]:
+def true_effects(job: ScoringJob) -> list[Tensor]:
     """Exact intervention effects ``f(x) - f(x; do(h_L := b_L))``, each of shape ``(K, N)``."""
     with torch.no_grad():
-        reference = batch.run()
+        reference = job.run()
         effects = []
-        for position in range(len(batch.layers)):
+        for position in range(len(job.layers)):
 
             def edit(position: int, h: Tensor) -> Tensor:
-                b, _delta = batch.delta(position, h)
+                b, _delta = job.delta(position, h)
                 return b.clone()
 
-            with _hooks(batch, [position], edit):
-                intervened = batch.run()
+            with _hooks(job, [position], edit):
+                intervened = job.run()
             effects.append((reference - intervened).T)
     return effects
 
@@ -168,12 +167,7 @@ def reduce_granularity(contribution: Tensor, granularity: Granularity, channel_d
         return contribution
     if granularity == "layer":
         return contribution.flatten(2).sum(-1)
-    activation_dims = contribution.dim() - 1  # without the leading K dimension
-    if channel_dim == 0 or not -activation_dims < channel_dim < activation_dims:
-        raise ValueError(
-            f"channel_dim={channel_dim} does not exist in an activation of shape "
-            f"{tuple(contribution.shape[1:])}; use 1 for (N, C, ...) or -1 for (N, T, D)."
-        )
+    channel_count(contribution.shape[1:], channel_dim)  # without the leading K dimension
     dim = channel_dim if channel_dim < 0 else channel_dim + 1  # shift past the K dimension
     moved = contribution.movedim(dim, -1)
     return moved.reshape(moved.shape[0], moved.shape[1], -1, moved.shape[-1]).sum(2)
@@ -194,7 +188,7 @@ def _interpolate(h: Tensor, b: Tensor, delta: Tensor, alpha: float) -> Tensor:
 
 
 def forward_effects(
-    batch: Batch,
+    job: ScoringJob,
     granularity: Granularity = "layer",
     alphas: Sequence[float] = (1.0,),
     weights: Sequence[float] = (1.0,),
@@ -209,7 +203,7 @@ def forward_effects(
     intervention on one layer changes every activation after it.
 
     Args:
-        batch: The batch and its intervention points.
+        job: The job and its intervention points.
         granularity: ``"layer"`` or ``"channel"`` (``"unit"`` would need one tangent per
             neuron: use reverse mode).
         alphas: Integration points on [0, 1].
@@ -225,7 +219,7 @@ def forward_effects(
         ValueError: For ``granularity="unit"``.
 
     Examples:
-        >>> effects = forward_effects(batch)  # one (K, N) tensor per layer
+        >>> effects = forward_effects(job)  # one (K, N) tensor per layer
     """
     if granularity == "unit":
         raise ValueError(
@@ -233,16 +227,16 @@ def forward_effects(
         )
     channels = None
     if granularity == "channel":
-        channels = [batch.n_channels(h) for h in capture_activations(batch)[1]]
+        channels = [job.n_channels(h) for h in capture_activations(job)[1]]
     if _first_order(alphas):
-        everything = range(len(batch.layers))
+        everything = range(len(job.layers))
         return [
-            e * weights[0] for e in _tangent_pass(batch, everything, 1.0, channels, tangent_chunk)
+            e * weights[0] for e in _tangent_pass(job, everything, 1.0, channels, tangent_chunk)
         ]
     effects = []
-    for position in range(len(batch.layers)):
+    for position in range(len(job.layers)):
         parts = [
-            _tangent_pass(batch, [position], alpha, channels, tangent_chunk)[0] * weight
+            _tangent_pass(job, [position], alpha, channels, tangent_chunk)[0] * weight
             for alpha, weight in zip(alphas, weights)
         ]
         effects.append(sum(parts[1:], parts[0]))
@@ -250,7 +244,7 @@ def forward_effects(
 
 
 def _tangent_pass(
-    batch: Batch,
+    job: ScoringJob,
     positions: Sequence[int],
     alpha: float,
     channels: Sequence[int] | None,
@@ -272,7 +266,7 @@ def _tangent_pass(
     ]
     size = math.ceil(len(cells) / _tangent_groups(len(positions), len(cells), chunk))
     columns = torch.cat(
-        [_group_jvps(batch, cells[i : i + size], alpha) for i in range(0, len(cells), size)]
+        [_group_jvps(job, cells[i : i + size], alpha) for i in range(0, len(cells), size)]
     )
     effects, start = [], 0
     for position in positions:
@@ -289,18 +283,20 @@ def _tangent_groups(n_layers: int, n_tangents: int, chunk: int) -> int:
     return max(round(math.sqrt(n_layers)), math.ceil(n_tangents / chunk))
 
 
-def _group_jvps(batch: Batch, cells: Sequence[tuple[int, int | None]], alpha: float) -> Tensor:
+def _group_jvps(job: ScoringJob, cells: Sequence[tuple[int, int | None]], alpha: float) -> Tensor:
     """Output tangents ``(len(cells), N, K)`` of one group, vectorised where torch.func can."""
     try:
-        return _vectorised_jvps(batch, cells, alpha)
+        return _vectorised_jvps(job, cells, alpha)
     except (NotImplementedError, RuntimeError) as error:
         if _is_missing_forward_ad(error):
             raise
         logger.debug("torch.func could not vectorise the JVPs (%s); one pass per tangent", error)
-    return torch.stack([_one_jvp(batch, p, alpha, c) for p, c in cells])
+    return torch.stack([_one_jvp(job, p, alpha, c) for p, c in cells])
 
 
-def _vectorised_jvps(batch: Batch, cells: Sequence[tuple[int, int | None]], alpha: float) -> Tensor:
+def _vectorised_jvps(
+    job: ScoringJob, cells: Sequence[tuple[int, int | None]], alpha: float
+) -> Tensor:
     """``d run / d s`` for every unit vector of ``s`` (one entry per cell), in one pass."""
     entries: dict[int, list[tuple[int, int | None]]] = {}  # position -> [(index in s, channel)]
     for index, (position, channel) in enumerate(cells):
@@ -310,21 +306,21 @@ def _vectorised_jvps(batch: Batch, cells: Sequence[tuple[int, int | None]], alph
         (first_index, first), *_ = entries[position]
         if first is None:
             return s[first_index]
-        count = batch.n_channels(h)
+        count = job.n_channels(h)
         stop = first + len(entries[position])  # the group holds consecutive channels
         shape = [1] * h.dim()
-        shape[batch.channel_dim] = count
+        shape[job.channel_dim] = count
         values = s[first_index : first_index + stop - first]
         return torch.cat([s.new_zeros(first), values, s.new_zeros(count - stop)]).reshape(shape)
 
     def scaled(s: Tensor) -> Tensor:
         def edit(position: int, h: Tensor) -> Tensor:
-            b, delta = batch.delta(position, h)
+            b, delta = job.delta(position, h)
             scale = scale_of(s, position, h).to(device=delta.device, dtype=delta.dtype)
             return _interpolate(h, b, delta, alpha) + scale * delta
 
-        with _hooks(batch, list(entries), edit):
-            return batch.run()
+        with _hooks(job, list(entries), edit):
+            return job.run()
 
     origin = torch.zeros(len(cells))  # 0/1 entries: exact in any dtype
 
@@ -335,21 +331,19 @@ def _vectorised_jvps(batch: Batch, cells: Sequence[tuple[int, int | None]], alph
         return torch.func.vmap(tangent_of)(torch.eye(len(cells)))
 
 
-def _one_jvp(batch: Batch, position: int, alpha: float, channel: int | None) -> Tensor:
+def _one_jvp(job: ScoringJob, position: int, alpha: float, channel: int | None) -> Tensor:
     """One forward pass with a dual activation; returns the output tangent ``(N, K)``."""
 
     def edit(position: int, h: Tensor) -> Tensor:
-        b, delta = batch.delta(position, h)
+        b, delta = job.delta(position, h)
         tangent = delta
         if channel is not None:
             tangent = torch.zeros_like(delta)
-            tangent.select(batch.channel_dim, channel).copy_(
-                delta.select(batch.channel_dim, channel)
-            )
+            tangent.select(job.channel_dim, channel).copy_(delta.select(job.channel_dim, channel))
         return fwAD.make_dual(_interpolate(h.detach(), b, delta, alpha), tangent)
 
-    with torch.no_grad(), fwAD.dual_level(), _hooks(batch, [position], edit):
-        output = batch.run()
+    with torch.no_grad(), fwAD.dual_level(), _hooks(job, [position], edit):
+        output = job.run()
         tangent = fwAD.unpack_dual(output).tangent
     return torch.zeros_like(output) if tangent is None else tangent.detach()
 
@@ -368,18 +362,18 @@ class _Graph:
     deltas: list[Tensor]
 
 
-def _record(batch: Batch, positions: Sequence[int], alpha: float = 1.0) -> _Graph:
+def _record(job: ScoringJob, positions: Sequence[int], alpha: float = 1.0) -> _Graph:
     """One forward pass in which the layers at ``positions`` output ``b + alpha (h - b) + eps``."""
     deltas: dict[int, Tensor] = {}
     leaves: dict[int, Tensor] = {}
 
     def edit(position: int, h: Tensor) -> Tensor:
-        b, deltas[position] = batch.delta(position, h)
+        b, deltas[position] = job.delta(position, h)
         leaves[position] = torch.zeros_like(h, requires_grad=True)
         return _interpolate(h, b, deltas[position], alpha) + leaves[position]
 
-    with torch.enable_grad(), _hooks(batch, positions, edit):
-        output = batch.run()
+    with torch.enable_grad(), _hooks(job, positions, edit):
+        output = job.run()
     return _Graph(output, [leaves[p] for p in positions], [deltas[p] for p in positions])
 
 
@@ -418,7 +412,7 @@ def _batched_grad(
     """``autograd.grad`` for each of a ``(k, N, K)`` stack of ``grad_outputs``.
 
     One backward pass per row for ``k == 1``; for ``k > 1`` one batched pass
-    (``is_grads_batched``, i.e. vmap over the backward), with a loop where an op cannot batch.
+    (``is_grads_batched``, i.e. vmap over the backward), with a loop where an op cannot job.
     """
     if grad_outputs.shape[0] > 1:
         try:
@@ -444,7 +438,7 @@ def _batched_grad(
 
 
 def reverse_effects(
-    batch: Batch,
+    job: ScoringJob,
     granularity: Granularity = "layer",
     alphas: Sequence[float] = (1.0,),
     weights: Sequence[float] = (1.0,),
@@ -458,7 +452,7 @@ def reverse_effects(
     layer changes every activation after it.
 
     Args:
-        batch: The batch and its intervention points.
+        job: The job and its intervention points.
         granularity: ``"layer"``, ``"channel"`` or ``"unit"``.
         alphas: Integration points on [0, 1].
         weights: Integration weights, one per point.
@@ -468,18 +462,16 @@ def reverse_effects(
         One tensor per layer: ``(K, N)``, ``(K, N, C)`` or ``(K, N, *shape)`` by granularity.
 
     Examples:
-        >>> effects = reverse_effects(batch, granularity="channel")  # (K, N, C) per layer
+        >>> effects = reverse_effects(job, granularity="channel")  # (K, N, C) per layer
     """
     if _first_order(alphas):
         return _reverse_from(
-            _record(batch, range(len(batch.layers))), batch, granularity, weights[0], vjp_chunk
+            _record(job, range(len(job.layers))), job, granularity, weights[0], vjp_chunk
         )
     effects = []
-    for position in range(len(batch.layers)):
+    for position in range(len(job.layers)):
         parts = [
-            _reverse_from(_record(batch, [position], alpha), batch, granularity, weight, vjp_chunk)[
-                0
-            ]
+            _reverse_from(_record(job, [position], alpha), job, granularity, weight, vjp_chunk)[0]
             for alpha, weight in zip(alphas, weights)
         ]
         effects.append(sum(parts[1:], parts[0]))
@@ -487,9 +479,9 @@ def reverse_effects(
 
 
 def _reverse_from(
-    graph: _Graph, batch: Batch, granularity: Granularity, weight: float, vjp_chunk: int
+    graph: _Graph, job: ScoringJob, granularity: Granularity, weight: float, vjp_chunk: int
 ) -> list[Tensor]:
-    return [e * weight for e in _vjp_effects(graph, granularity, batch.channel_dim, vjp_chunk)]
+    return [e * weight for e in _vjp_effects(graph, granularity, job.channel_dim, vjp_chunk)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,7 +546,7 @@ def choose_mode(
 
 
 def _probe(
-    batch: Batch, granularity: Granularity, alphas: Sequence[float], n_outputs: int | None
+    job: ScoringJob, granularity: Granularity, alphas: Sequence[float], n_outputs: int | None
 ) -> tuple[_Graph | None, int, int, int]:
     """What ``auto`` needs to choose: ``(graph, n_outputs, layers per pass, tangents per pass)``.
 
@@ -562,16 +554,16 @@ def _probe(
     so choosing reverse costs nothing extra); path-integrated G-NDI with a plain forward pass.
     """
     first_order = _first_order(alphas)
-    n_layers = len(batch.layers) if first_order else 1
+    n_layers = len(job.layers) if first_order else 1
     if granularity == "layer" and n_outputs is not None:
         return None, n_outputs, n_layers, n_layers
-    graph = _record(batch, range(len(batch.layers))) if first_order else None
+    graph = _record(job, range(len(job.layers))) if first_order else None
     output, activations = (
-        (graph.output, graph.deltas) if graph is not None else capture_activations(batch)
+        (graph.output, graph.deltas) if graph is not None else capture_activations(job)
     )
     n_tangents = n_layers
     if granularity == "channel":
-        counts = [batch.n_channels(h) for h in activations]
+        counts = [job.n_channels(h) for h in activations]
         n_tangents = sum(counts) if first_order else max(counts)
     return graph, output.shape[1], n_layers, n_tangents
 
@@ -582,7 +574,7 @@ def _is_missing_forward_ad(error: BaseException) -> bool:
 
 
 def compute_effects(
-    batch: Batch,
+    job: ScoringJob,
     mode: Mode = "auto",
     granularity: Granularity = "layer",
     alphas: Sequence[float] = (1.0,),
@@ -595,7 +587,7 @@ def compute_effects(
     probe that finds K and the channel counts, so choosing costs nothing when reverse wins.
 
     Args:
-        batch: The batch and its intervention points.
+        job: The job and its intervention points.
         mode: ``"forward"``, ``"reverse"`` or ``"auto"`` (the cheaper of the two; forward AD
             falls back to reverse with a warning when an operator has no forward-AD formula).
         granularity: ``"layer"``, ``"channel"`` or ``"unit"``.
@@ -608,7 +600,7 @@ def compute_effects(
         The effects (one tensor per layer, K first) and the mode that was used.
 
     Examples:
-        >>> effects, used = compute_effects(batch, mode="auto", granularity="channel")
+        >>> effects, used = compute_effects(job, mode="auto", granularity="channel")
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
@@ -616,15 +608,15 @@ def compute_effects(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     graph, chosen = None, mode
     if mode == "auto":
-        graph, n_outputs, n_layers, n_tangents = _probe(batch, granularity, alphas, n_outputs)
+        graph, n_outputs, n_layers, n_tangents = _probe(job, granularity, alphas, n_outputs)
         chosen = choose_mode(mode, n_layers, n_outputs, granularity, n_tangents)
     if chosen == "reverse":
         if graph is not None:
-            return _reverse_from(graph, batch, granularity, weights[0], VJP_CHUNK), "reverse"
-        return reverse_effects(batch, granularity, alphas, weights), "reverse"
+            return _reverse_from(graph, job, granularity, weights[0], VJP_CHUNK), "reverse"
+        return reverse_effects(job, granularity, alphas, weights), "reverse"
     graph = None  # free the probe's autograd graph before running forward mode
     try:
-        return forward_effects(batch, granularity, alphas, weights), "forward"
+        return forward_effects(job, granularity, alphas, weights), "forward"
     except (NotImplementedError, RuntimeError) as error:
         if mode == "forward" or not _is_missing_forward_ad(error):
             raise
@@ -636,7 +628,7 @@ def compute_effects(
             "attn_implementation='eager'.",
             stacklevel=3,
         )
-        return reverse_effects(batch, granularity, alphas, weights), "reverse"
+        return reverse_effects(job, granularity, alphas, weights), "reverse"
 
 
 def effect_norms(effect: Tensor, p: float) -> Tensor:

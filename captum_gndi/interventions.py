@@ -27,6 +27,7 @@ __all__ = [
     "LayerSpec",
     "intervene",
     "layer_label",
+    "module_of",
     "check_layers_in_model",
 ]
 
@@ -67,9 +68,14 @@ LayerSpec = Union[nn.Module, LayerCall]
 EditFn = Callable[[int, Tensor], Union[Tensor, None]]
 
 
+def module_of(layer: LayerSpec) -> nn.Module:
+    """The module behind an intervention point (a module, or the module of a LayerCall)."""
+    return layer.module if isinstance(layer, LayerCall) else layer
+
+
 def layer_label(layer: LayerSpec, model: nn.Module | None = None) -> str:
     """A readable name for an intervention point: its dotted name in ``model`` where known."""
-    module = layer.module if isinstance(layer, LayerCall) else layer
+    module = module_of(layer)
     name = layer.name if isinstance(layer, LayerCall) else None
     if name is None and model is not None:
         name = next((n for n, m in model.named_modules() if m is module), None)
@@ -84,7 +90,7 @@ def check_layers_in_model(model: Any, layers: Sequence[LayerSpec]) -> None:
         return  # an arbitrary forward function: a layer that never runs is caught after the call
     known = {id(m) for m in model.modules()}
     for layer in layers:
-        module = layer.module if isinstance(layer, LayerCall) else layer
+        module = module_of(layer)
         if not isinstance(module, nn.Module):
             raise TypeError(
                 f"Layers must be nn.Module or LayerCall objects, got {type(layer).__name__}. "
@@ -164,22 +170,23 @@ def intervene(
     layers: Sequence[LayerSpec],
     edit: EditFn,
     *,
-    on_input: bool = False,
+    attribute_to_layer_input: bool = False,
     labels: Sequence[str] | None = None,
 ) -> Iterator[_CallCounter]:
     """Hook ``layers`` for the duration of one forward pass.
 
     For each intervention point, ``edit(position, activation)`` receives the layer's output
-    tensor (its first tensor argument with ``on_input=True``; the tensor element of a tuple
-    output) and returns a tensor that replaces it downstream, or ``None`` to leave it unchanged.
-    After a successful forward pass the context checks that every point ran as specified
-    (a plain module exactly once, a :class:`LayerCall` at least ``call_index + 1`` times) and
-    raises :class:`InterventionError` otherwise. Hooks are removed in all cases.
+    tensor (its first tensor argument with ``attribute_to_layer_input=True``; the tensor
+    element of a tuple output) and returns a tensor that replaces it downstream, or ``None`` to
+    leave it unchanged. After a successful forward pass the context checks that every point ran
+    as specified (a plain module exactly once, a :class:`LayerCall` at least
+    ``call_index + 1`` times) and raises :class:`InterventionError` otherwise. Hooks are
+    removed in all cases.
 
     Args:
         layers: Modules or :class:`LayerCall` objects, in any order; duplicates are allowed.
         edit: Callback ``(position in layers, activation) -> replacement or None``.
-        on_input: Intervene on the layer's input instead of its output.
+        attribute_to_layer_input: Intervene on the layer's input instead of its output.
         labels: Names used in error messages, one per layer.
 
     Yields:
@@ -188,7 +195,7 @@ def intervene(
     labels = list(labels) if labels is not None else [layer_label(layer) for layer in layers]
     sites: dict[int, tuple[nn.Module, list[_Site]]] = {}
     for position, layer in enumerate(layers):
-        module = layer.module if isinstance(layer, LayerCall) else layer
+        module = module_of(layer)
         call_index = layer.call_index if isinstance(layer, LayerCall) else None
         sites.setdefault(id(module), (module, []))[1].append(_Site(position, call_index))
     counter = _CallCounter(labels, sites)
@@ -228,7 +235,7 @@ def intervene(
     try:
         for key, (module, module_sites) in sites.items():
             output_hook, input_hook = make_hooks(key, module_sites)
-            if on_input:
+            if attribute_to_layer_input:
                 handles.append(module.register_forward_pre_hook(input_hook, with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(output_hook))

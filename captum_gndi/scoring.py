@@ -11,48 +11,49 @@ sharded by batches (rank r takes batches r, r + world_size, ...).
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ._captum_compat import integration_points
-from .attr import _check_inputs, _warn_if_training, check_p, make_runner
 from .baselines import LayerBaseline
-from .engine import Batch, Granularity, Mode, capture_activations, compute_effects, effect_norms
-from .interventions import LayerCall, LayerSpec, check_layers_in_model, layer_label
+from .engine import (
+    Granularity,
+    Mode,
+    ScoringJob,
+    capture_activations,
+    compute_effects,
+    effect_norms,
+)
+from .runs import (
+    DataTarget,
+    Layers,
+    RunningMoments,
+    all_reduce,
+    baseline_label,
+    batch_target,
+    check_data_target,
+    check_inputs,
+    check_norm,
+    chunks,
+    iterate_batches,
+    make_runner,
+    resolve_device,
+    resolve_layers,
+    warn_if_training,
+)
 
-__all__ = ["GNDIResult", "compute_gndi", "mean_activations", "resolve_layers"]
-
-Layers = Union[Mapping[str, LayerSpec], Sequence[Union[str, LayerSpec]]]
-DataTarget = Union[None, int, Literal["label", "predicted"]]
-
-
-def resolve_layers(model: nn.Module, layers: Layers) -> dict[str, LayerSpec]:
-    """Normalise ``layers`` (a dict name -> module, or a list of dotted names / modules)."""
-    if isinstance(layers, Mapping):
-        resolved = dict(layers)
-    else:
-        if isinstance(layers, (str, nn.Module, LayerCall)):
-            layers = [layers]
-        resolved = {}
-        for item in layers:
-            if isinstance(item, str):
-                from .adapters import get_layer
-
-                resolved[item] = get_layer(model, item)
-            else:
-                resolved[layer_label(item, model)] = item
-    if not resolved:
-        raise ValueError("No layers given; pass a dict name -> module or a list of dotted names.")
-    check_layers_in_model(model, list(resolved.values()))
-    return resolved
+__all__ = [
+    "GNDIResult",
+    "compute_gndi",
+    "layer_baselines",
+    "mean_activations",
+    "resolve_layers",
+]
 
 
 @dataclass
@@ -119,112 +120,6 @@ class GNDIResult:
     __repr__ = __str__
 
 
-def _split_batch(batch: Any) -> tuple[tuple[Tensor, ...], Tensor | None]:
-    """A batch is a tensor, or (inputs, labels), or ((input tensors...), labels)."""
-    if isinstance(batch, Tensor):
-        return (batch,), None
-    if isinstance(batch, Mapping):
-        raise TypeError(
-            "Dict batches are not supported directly; wrap the loader so it yields "
-            "(input tensors, labels), or pass a forward wrapper taking tensors."
-        )
-    if isinstance(batch, (list, tuple)) and batch:
-        inputs, labels = batch[0], (batch[1] if len(batch) > 1 else None)
-        inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
-        return inputs, labels if isinstance(labels, Tensor) else None
-    raise TypeError(f"Cannot read a batch of type {type(batch).__name__}; yield tensors.")
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _has_distributed_sampler(data: Iterable[Any]) -> bool:
-    samplers = (
-        getattr(data, "sampler", None),
-        getattr(getattr(data, "batch_sampler", None), "sampler", None),
-    )
-    return any(isinstance(s, torch.utils.data.DistributedSampler) for s in samplers)
-
-
-def _shard(data: Iterable[Any], max_batches: int | None) -> tuple[Iterable[Any], int | None, int]:
-    """This rank's batches, their number where known, and the rank.
-
-    Without ``torch.distributed`` (or with one process) that is all of ``data``. Otherwise each
-    rank takes every ``world_size``-th of the first ``max_batches`` batches, unless the loader
-    already shards with a ``DistributedSampler``: then each rank scores its own loader's first
-    ``ceil(max_batches / world_size)`` batches.
-    """
-    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
-    rank, stride, limit = 0, 1, max_batches
-    if _distributed():
-        rank = dist.get_rank()
-        if not _has_distributed_sampler(data):
-            stride = dist.get_world_size()
-        elif max_batches is not None:
-            limit = math.ceil(max_batches / dist.get_world_size())
-    if limit is not None:
-        data = itertools.islice(data, limit)
-        total = limit if total is None else min(total, limit)
-    if stride > 1:
-        data = itertools.islice(data, rank, None, stride)
-        total = None if total is None else len(range(rank, total, stride))
-    return data, total, rank
-
-
-def _batches(
-    data: Iterable[Any], device: torch.device, max_batches: int | None, progress: bool, what: str
-):
-    """Yield this rank's batches as ``(input tensors on device, labels on device or None)``."""
-    shard, total, rank = _shard(data, max_batches)
-    count = 0
-    for batch in tqdm(shard, total=total, desc=what, disable=not progress or rank > 0):
-        inputs, labels = _split_batch(batch)
-        inputs = tuple(t.to(device, non_blocking=True) for t in inputs)
-        yield inputs, (labels.to(device, non_blocking=True) if labels is not None else None)
-        count += 1
-    if count == 0 and not _distributed():
-        raise ValueError(f"The data yielded no batches ({what}); pass a non-empty data loader.")
-
-
-def _chunks(inputs: tuple[Tensor, ...], labels: Tensor | None, size: int | None):
-    n = inputs[0].shape[0]
-    step = size or n
-    for start in range(0, n, step):
-        part = tuple(t[start : start + step] for t in inputs)
-        yield part, (labels[start : start + step] if labels is not None else None)
-
-
-def _all_reduce(tensors: list[Tensor | None], device: torch.device) -> list[Tensor | None]:
-    """Sum per-rank running sums over all ranks (a no-op without ``torch.distributed``).
-
-    A rank that saw no data holds ``None``; it contributes zeros of the shape the other ranks
-    report, so every rank takes part in one flat ``all_reduce``.
-    """
-    if not _distributed():
-        return tensors
-    shapes = [None if t is None else tuple(t.shape) for t in tensors]
-    everyone: list[list[tuple[int, ...] | None]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(everyone, shapes)
-    known = [next((s[i] for s in everyone if s[i] is not None), None) for i in range(len(shapes))]
-    filled = [
-        t if t is not None else torch.zeros(shape or (), dtype=torch.float64, device=device)
-        for t, shape in zip(tensors, known)
-    ]
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in filled])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    sizes = [t.numel() for t in filled]
-    return [
-        None if shape is None else part.reshape(shape)
-        for part, shape in zip(flat.split(sizes), known)
-    ]
-
-
 def mean_activations(
     model: nn.Module,
     data: Iterable[Any],
@@ -232,7 +127,8 @@ def mean_activations(
     device: torch.device | str | None = None,
     progress: bool = True,
     max_batches: int | None = None,
-    on_input: bool = False,
+    attribute_to_layer_input: bool = False,
+    on_input: bool | None = None,
 ) -> dict[str, Tensor]:
     """Each layer's mean activation over a data set (shape ``h.shape[1:]``), for mean baselines.
 
@@ -243,26 +139,38 @@ def mean_activations(
         device: Where to run (default: the model's device).
         progress: Show a progress bar.
         max_batches: Stop after this many batches.
-        on_input: Average the layers' inputs instead of their outputs.
+        attribute_to_layer_input: Average the layers' inputs instead of their outputs.
+        on_input: Deprecated spelling of ``attribute_to_layer_input``.
 
     Returns:
         Dict name -> mean activation.
+
+    Examples:
+        >>> means = mean_activations(model, loader, find_layers(model, "branch"))
+        >>> compute_gndi(model, loader, layers, baseline=means)
     """
+    if on_input is not None:
+        warnings.warn(
+            "mean_activations(on_input=...) is deprecated; use attribute_to_layer_input=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        attribute_to_layer_input = on_input
     named = resolve_layers(model, layers)
     names, specs = list(named), list(named.values())
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(model, device)
     sums: list[Tensor | None] = [None] * len(specs)
     dtypes = [torch.get_default_dtype()] * len(specs)
     count = torch.zeros((), dtype=torch.float64, device=device)
-    for inputs, _labels in _batches(data, device, max_batches, progress, "mean activations"):
-        batch = Batch(
+    for inputs, _labels in iterate_batches(data, device, max_batches, progress, "mean activations"):
+        job = ScoringJob(
             run=make_runner(model, inputs, None, None),
             layers=specs,
             labels=names,
             baselines=[None] * len(specs),
-            on_input=on_input,
+            attribute_to_layer_input=attribute_to_layer_input,
         )
-        _, activations = capture_activations(batch)
+        _, activations = capture_activations(job)
         for i, h in enumerate(activations):
             total = h.to(torch.float64).sum(0)
             if sums[i] is not None and sums[i].shape != total.shape:
@@ -277,10 +185,77 @@ def mean_activations(
                 sums[i].add_(total)  # in place: no new long-lived tensor per batch
             dtypes[i] = h.dtype
         count += inputs[0].shape[0]
-    *sums, count = _all_reduce([*sums, count], device)
+    *sums, count = all_reduce([*sums, count], device)
     if count.item() == 0:
         raise ValueError("The data yielded no examples; pass a non-empty data loader.")
     return {n: (s / count).to(d) for n, s, d in zip(names, sums, dtypes)}  # type: ignore[operator]
+
+
+def layer_baselines(
+    model: nn.Module,
+    data: Iterable[Any],
+    layers: Layers,
+    baseline: str | float | Mapping[str, LayerBaseline] = "zero",
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    max_batches: int | None = None,
+    attribute_to_layer_input: bool = False,
+) -> dict[str, LayerBaseline]:
+    """Resolve a baseline choice into one layer baseline per layer.
+
+    Args:
+        model: The model.
+        data: A data loader (read only for ``baseline="mean"``).
+        layers: Dict name -> module, or a list of dotted names / modules.
+        baseline: ``"zero"``, ``"mean"`` (each layer's mean activation over ``data``, from
+            :func:`captum_gndi.scoring.mean_activations`), a number, or a dict name -> layer
+            baseline (see :mod:`captum_gndi.baselines`); a tensor or a callable is used for
+            every layer.
+        device: Where to run.
+        progress: Show a progress bar while averaging.
+        max_batches: Average over at most this many batches.
+        attribute_to_layer_input: Average the layers' inputs instead of their outputs.
+
+    Returns:
+        Dict name -> layer baseline (``None`` for zero, a number, or a tensor).
+
+    Examples:
+        >>> layer_baselines(model, loader, ["layer1.0.bn2"], "mean")["layer1.0.bn2"].shape
+        torch.Size([16, 32, 32])
+    """
+    named = resolve_layers(model, layers)
+    if isinstance(baseline, Tensor) or callable(baseline):
+        return {name: baseline for name in named}  # the same layer baseline for every layer
+    if isinstance(baseline, Mapping):
+        missing = [name for name in named if name not in baseline]
+        if missing:
+            raise ValueError(f"The baseline dict has no entry for layers {missing}.")
+        return {name: baseline[name] for name in named}
+    if baseline == "mean":
+        if isinstance(data, Iterator):
+            raise ValueError(
+                "baseline='mean' reads the data twice (means first, then scores), but the data "
+                "is a one-pass iterator (e.g. a generator). Pass a DataLoader or a list of "
+                "batches, or compute the means with mean_activations and pass them as a dict."
+            )
+        means = mean_activations(
+            model,
+            data,
+            named,
+            device,
+            progress,
+            max_batches,
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
+        return dict(means)
+    if baseline in (None, "zero"):
+        return {name: None for name in named}
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return {name: float(baseline) for name in named}
+    raise ValueError(
+        f"baseline must be 'zero', 'mean', a number or a dict name -> layer baseline, got "
+        f"{baseline!r}."
+    )
 
 
 def compute_gndi(
@@ -342,71 +317,39 @@ def compute_gndi(
         >>> torch.distributed.init_process_group("nccl")
         >>> result = compute_gndi(model, loader, layers)  # same numbers on every rank
     """
-    p = check_p(norm)
-    _warn_if_training(model)
+    p = check_norm(norm)
+    warn_if_training(model)
     named = resolve_layers(model, layers)
     names, specs = list(named), list(named.values())
-    device = torch.device(device) if device is not None else _model_device(model)
-    if target not in (None, "label", "predicted") and not isinstance(target, int):
-        raise ValueError(f"target must be None, an int, 'label' or 'predicted', got {target!r}.")
-    if baseline == "mean":
-        if isinstance(data, Iterator):
-            raise ValueError(
-                "baseline='mean' reads the data twice (means first, then scores), but the data "
-                "is a one-pass iterator (e.g. a generator). Pass a DataLoader or a list of "
-                "batches, or compute the means with mean_activations and pass them as a dict."
-            )
-        means = mean_activations(
-            model, data, named, device, progress, max_batches, attribute_to_layer_input
-        )
-        layer_baselines: list[LayerBaseline] = [means[n] for n in names]
-    elif isinstance(baseline, Mapping):
-        missing = [n for n in names if n not in baseline]
-        if missing:
-            raise ValueError(f"baseline dict has no entry for layers {missing}.")
-        layer_baselines = [baseline[n] for n in names]
-    else:
-        layer_baselines = [baseline] * len(names)  # type: ignore[list-item]
+    device = resolve_device(model, device)
+    check_data_target(target)
+    resolved = layer_baselines(
+        model, data, named, baseline, device, progress, max_batches, attribute_to_layer_input
+    )
+    baselines = [resolved[n] for n in names]
     alphas, weights = ((1.0,), (1.0,)) if n_steps == 1 else integration_points(n_steps, method)
 
-    sums: list[Tensor | None] = [None] * len(specs)
-    squares: list[Tensor | None] = [None] * len(specs)
-    count = torch.zeros((), dtype=torch.float64, device=device)
+    moments = RunningMoments(names, device)
     used_modes: set[str] = set()
-    for inputs, labels in _batches(data, device, max_batches, progress, "G-NDI"):
-        for part, part_labels in _chunks(inputs, labels, internal_batch_size):
-            _check_inputs(part)
-            batch_target = _batch_target(model, part, part_labels, target)
-            batch = Batch(
-                run=make_runner(model, part, None, batch_target),
+    for inputs, labels in iterate_batches(data, device, max_batches, progress, "G-NDI"):
+        for part, part_labels in chunks(inputs, labels, internal_batch_size):
+            check_inputs(part)
+            job = ScoringJob(
+                run=make_runner(model, part, None, batch_target(model, part, part_labels, target)),
                 layers=specs,
                 labels=names,
-                baselines=layer_baselines,
-                on_input=attribute_to_layer_input,
+                baselines=baselines,
+                attribute_to_layer_input=attribute_to_layer_input,
                 channel_dim=channel_dim,
             )
-            effects, used = compute_effects(batch, mode, granularity, alphas, weights)
+            effects, used = compute_effects(job, mode, granularity, alphas, weights)
             used_modes.add(used)
             mode = used  # decide (and warn about a fallback) once, not on every batch
-            for i, effect in enumerate(effects):
-                score = effect_norms(effect, p).to(torch.float64)
-                if sums[i] is None:
-                    sums[i], squares[i] = torch.zeros_like(score[0]), torch.zeros_like(score[0])
-                sums[i].add_(score.sum(0))  # in place: no new long-lived tensor per batch
-                squares[i].add_(score.pow(2).sum(0))
-            count += part[0].shape[0]
-    reduced = _all_reduce([*sums, *squares, count], device)
-    sums, squares, count = reduced[: len(specs)], reduced[len(specs) : -1], reduced[-1]
-    n = int(count.item())  # type: ignore[union-attr]
-    if n == 0:
-        raise ValueError("The data yielded no examples; pass a non-empty data loader.")
-    mean = {name: s / n for name, s in zip(names, sums)}  # type: ignore[operator]
-    stderr = {}
-    for name, sq in zip(names, squares):
-        variance = (sq / n - mean[name].pow(2)).clamp_min(0) * (n / max(n - 1, 1))  # type: ignore[operator]
-        stderr[name] = variance.sqrt() / math.sqrt(n)
+            for name, effect in zip(names, effects):
+                moments.add(name, effect_norms(effect, p))
+    mean, stderr, n = moments.reduce()
     settings = {
-        "baseline": baseline if isinstance(baseline, (str, int, float)) else "custom",
+        "baseline": baseline_label(baseline),
         "p": p,
         "target": target,
         "granularity": granularity,
@@ -414,16 +357,3 @@ def compute_gndi(
         "mode": "/".join(sorted(used_modes)) or mode,
     }
     return GNDIResult(names, mean, stderr, n, settings)
-
-
-def _batch_target(
-    model: nn.Module, inputs: tuple[Tensor, ...], labels: Tensor | None, target: DataTarget
-) -> Any:
-    if target == "label":
-        if labels is None:
-            raise ValueError("target='label' needs batches of (inputs, labels).")
-        return labels
-    if target == "predicted":
-        with torch.no_grad():
-            return model(*inputs).argmax(dim=1)
-    return target

@@ -238,7 +238,7 @@ def test_nan_activations(x):
 def test_p_below_one(model, x):
     run_bad(
         model,
-        lambda: LayerGNDI(model, model.linear1).attribute(x, p=0.5),
+        lambda: LayerGNDI(model, model.linear1).attribute(x, norm=0.5),
         ValueError,
         "p < 1 is not a norm",
     )

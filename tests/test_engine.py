@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from captum_gndi import LayerGNDI
-from captum_gndi.attr import make_runner
+from captum_gndi.runs import make_runner
 from captum_gndi.engine import (
-    Batch,
+    ScoringJob,
     choose_mode,
     compute_effects,
     forward_effects,
@@ -172,7 +172,7 @@ CASE_IDS = ["mlp", "cnn", "tuple", "two-inputs", "sequence", "legacy-function"]
 
 
 def make_batch(model, inputs, forward_args, layers, target=None, channel_dim=1, baselines=None):
-    return Batch(
+    return ScoringJob(
         run=make_runner(model, inputs, forward_args, target),
         layers=layers,
         labels=[f"layer{i}" for i in range(len(layers))],
@@ -386,8 +386,8 @@ def test_channel_and_unit_effects_sum_to_the_layer_effect(mode):
         assert ch.shape[:2] == (1, 3) and un.shape == (*ch.shape, 5, 5)
         assert_rel_close(ch.sum(-1), lay)
         assert_rel_close(un.flatten(2).sum(-1), lay)
-    # and through the public API: with p=1 each channel score is |its signed effect|
-    scores = LayerGNDI(model, model[1]).attribute(x, target=2, p=1, granularity="channel")
+    # and through the public API: with norm=1 each channel score is |its signed effect|
+    scores = LayerGNDI(model, model[1]).attribute(x, target=2, norm=1, granularity="channel")
     assert_rel_close(scores, channel[0][0].abs())
 
 

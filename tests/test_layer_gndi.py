@@ -67,9 +67,9 @@ class TestHandComputedValues:
         torch.testing.assert_close(
             gndi.attribute(x, target=1, mode=mode), torch.tensor([24.0]).double()
         )
-        torch.testing.assert_close(gndi.attribute(x, p=1, mode=mode), torch.tensor([48.0]).double())
+        torch.testing.assert_close(gndi.attribute(x, norm=1, mode=mode), torch.tensor([48.0]).double())
         torch.testing.assert_close(
-            gndi.attribute(x, p=math.inf, mode=mode), torch.tensor([24.0]).double()
+            gndi.attribute(x, norm=math.inf, mode=mode), torch.tensor([24.0]).double()
         )
 
     def test_constant_layer_baseline(self):
@@ -144,7 +144,7 @@ class TestHandComputedValues:
         model = BasicModelWithReusedModules().double().eval()
         x = torch.randn(4, 3, dtype=torch.float64)
         # relu runs twice: call 1 is the final output relu; zeroing it moves the output by itself
-        scores = LayerGNDI(model, LayerCall(model.relu, 1)).attribute(x, p=2)
+        scores = LayerGNDI(model, LayerCall(model.relu, 1)).attribute(x, norm=2)
         torch.testing.assert_close(scores, model(x).norm(dim=1))
 
 

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..scoring import _batches, _model_device
+from ..runs import eval_mode, iterate_batches, resolve_device
 from .flops import pruning_report
-from .layers import PrunableLayer, eval_mode
+from .layers import PrunableLayer
 from .masks import apply_channel_masks, channel_masks
 from .ranking import Normalization, Scope, check_sparsity, select_channels
 
@@ -55,10 +55,10 @@ def evaluate_accuracy(
         >>> evaluate_accuracy(model, test_loader)
         0.9...
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(model, device)
     correct, total = 0, 0
     with eval_mode(model):
-        for inputs, labels in _batches(data, device, max_batches, False, "accuracy"):
+        for inputs, labels in iterate_batches(data, device, max_batches, False, "accuracy"):
             if labels is None:
                 raise ValueError("accuracy needs batches of (inputs, labels); got no labels.")
             correct += int((model(*inputs).argmax(1) == labels).sum())
@@ -99,12 +99,14 @@ def finetune(
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}.")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(model, device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
     for epoch in range(epochs):
-        for inputs, labels in _batches(data, device, None, progress, f"fine-tune {epoch + 1}"):
+        for inputs, labels in iterate_batches(
+            data, device, None, progress, f"fine-tune {epoch + 1}"
+        ):
             if labels is None:
                 raise ValueError("fine-tuning needs batches of (inputs, labels); got no labels.")
             optimizer.zero_grad(set_to_none=True)
@@ -316,8 +318,8 @@ def sparsity_curve(
     if finetune_epochs and finetune_data is None:
         raise ValueError("finetune_epochs > 0 needs finetune_data (training batches).")
     if example_inputs is None:
-        device_ = torch.device(device) if device is not None else _model_device(model)
-        example_inputs = next(_batches(test_data, device_, 1, False, "example batch"))[0]
+        device_ = resolve_device(model, device)
+        example_inputs = next(iterate_batches(test_data, device_, 1, False, "example batch"))[0]
     dense = evaluate_accuracy(model, test_data, device)
     points = []
     jobs = [(c, s) for c in scores for s in sparsities]

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..adapters.generic import is_conv
 from ..interventions import intervene
-from .layers import PRUNABLE_TYPES, PrunableLayer, _as_inputs, eval_mode
+from ..runs import eval_mode
+from .layers import PRUNABLE_TYPES, PrunableLayer, as_inputs
 from .masks import channel_masks
 
 __all__ = ["PruningReport", "count_flops", "pruning_report"]
@@ -36,10 +38,6 @@ class _LayerProfile:
     positions: int  # output positions per example (spatial size, or tokens for a linear)
     groups: int
     has_bias: bool
-
-
-def _is_conv(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.conv._ConvNd)
 
 
 def _zero(h: Tensor, channel_dim: int) -> Tensor:
@@ -72,10 +70,10 @@ def _profile(
     point_nodes: dict[Any, str] = {}
 
     def on_input(position: int, h: Tensor) -> None:
-        seen_in[position] = (_zero(h, 1 if _is_conv(named[position][1]) else -1), h.grad_fn)
+        seen_in[position] = (_zero(h, 1 if is_conv(named[position][1]) else -1), h.grad_fn)
 
     def on_output(position: int, h: Tensor) -> None:
-        conv = _is_conv(named[position][1])
+        conv = is_conv(named[position][1])
         seen_out[position] = (
             h.grad_fn,
             math.prod(h.shape[2:]) if conv else h[..., 0].numel() // h.shape[0],
@@ -89,7 +87,7 @@ def _profile(
     with (
         eval_mode(model),
         torch.enable_grad(),
-        intervene(modules, on_input, on_input=True, labels=labels),
+        intervene(modules, on_input, attribute_to_layer_input=True, labels=labels),
         intervene(modules, on_output, labels=labels),
         intervene(point_modules, on_point, labels=list(points)),
     ):
@@ -101,10 +99,10 @@ def _profile(
         profiles[name] = _LayerProfile(
             in_zero=in_zero,
             source=_source(in_node, point_nodes, barriers),
-            out_channels=module.out_channels if _is_conv(module) else module.out_features,
-            kernel=math.prod(module.kernel_size) if _is_conv(module) else 1,
+            out_channels=module.out_channels if is_conv(module) else module.out_features,
+            kernel=math.prod(module.kernel_size) if is_conv(module) else 1,
             positions=seen_out[position][1],
-            groups=module.groups if _is_conv(module) else 1,
+            groups=module.groups if is_conv(module) else 1,
             has_bias=getattr(module, "bias", None) is not None,
         )
     return profiles
@@ -197,7 +195,7 @@ def count_flops(model: nn.Module, example_inputs: Tensor | Sequence[Tensor]) -> 
         125485696
     """
     total = 0
-    for p in _profile(model, _as_inputs(example_inputs), {}).values():
+    for p in _profile(model, as_inputs(example_inputs), {}).values():
         ones_in = torch.ones_like(p.in_zero)
         total += _weights(p, ones_in, torch.ones(p.out_channels, dtype=torch.bool)) * p.positions
     return total
@@ -229,7 +227,7 @@ def pruning_report(
         >>> print(pruning_report(model, layers, select_channels(scores, 0.5), images[:8]))
         channels 504/1008 pruned (50.0%); parameters 853,018 -> ...
     """
-    inputs = _as_inputs(example_inputs)
+    inputs = as_inputs(example_inputs)
     points = {layer.output_name: layer.name for layer in layers}
     with channel_masks(model, layers, keep):
         profiles = _profile(model, inputs, points)

@@ -17,8 +17,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,12 +26,13 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..interventions import InterventionError, intervene
+from ..runs import eval_mode
 
 __all__ = [
     "PRUNABLE_TYPES",
     "PrunableLayer",
     "Role",
-    "eval_mode",
+    "as_inputs",
     "find_prunable",
     "layer_modules",
 ]
@@ -80,18 +80,8 @@ def layer_modules(model: nn.Module, layer: PrunableLayer) -> tuple[nn.Module, _B
     return module, norm  # type: ignore[return-value]
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode and restore every submodule's own mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield model.eval()
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _as_inputs(example_inputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+def as_inputs(example_inputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """One batch of example inputs as a tuple of tensors, with a clear error otherwise."""
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
     if not inputs or not all(isinstance(t, Tensor) for t in inputs):
         raise TypeError(
@@ -177,7 +167,7 @@ def find_prunable(
         >>> [(layer.name, layer.norm_name, layer.n_channels) for layer in layers][:2]
         [('layer1.0.conv1', 'layer1.0.bn1', 16), ('layer1.1.conv1', 'layer1.1.bn1', 16)]
     """
-    inputs = _as_inputs(example_inputs)
+    inputs = as_inputs(example_inputs)
     excluded = set(exclude)
     names = {n for n, _ in model.named_modules()}
     unknown = sorted(excluded - names)
@@ -225,7 +215,10 @@ def find_prunable(
             torch.enable_grad(),
             intervene([m for _, m in layers], on_layer, labels=[n for n, _ in layers]),
             intervene(
-                [m for _, m in norms], on_norm_input, on_input=True, labels=[n for n, _ in norms]
+                [m for _, m in norms],
+                on_norm_input,
+                attribute_to_layer_input=True,
+                labels=[n for n, _ in norms],
             ),
             intervene([m for _, m in norms], on_norm_output, labels=[n for n, _ in norms]),
         ):

@@ -25,8 +25,8 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "(or pip install torch-pruning). Channel masks (apply_channel_masks) work without it."
     ) from error
 
-from ..scoring import _batches
-from .layers import PRUNABLE_TYPES, PrunableLayer, _as_inputs
+from ..runs import iterate_batches
+from .layers import PRUNABLE_TYPES, PrunableLayer, as_inputs
 from .ranking import check_sparsity
 
 __all__ = ["TP_IMPORTANCES", "ScoreImportance", "prune_physically"]
@@ -74,7 +74,7 @@ class ScoreImportance(tp.importance.Importance):
 def _accumulate_gradients(model: nn.Module, data: Iterable[Any], max_batches: int) -> None:
     device = next(model.parameters()).device
     model.eval()
-    for inputs, labels in _batches(data, device, max_batches, False, "Taylor gradients"):
+    for inputs, labels in iterate_batches(data, device, max_batches, False, "Taylor gradients"):
         if labels is None:
             raise ValueError("tp-taylor needs batches of (inputs, labels) to compute the loss.")
         F.cross_entropy(model(*inputs), labels).backward()
@@ -120,7 +120,7 @@ def prune_physically(
         True
     """
     sparsity = check_sparsity(sparsity)
-    inputs = _as_inputs(example_inputs)
+    inputs = as_inputs(example_inputs)
     pruned = copy.deepcopy(model).eval()
     names = {layer.name for layer in layers}
     ignored = [

@@ -31,10 +31,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..attr import _warn_if_training, make_runner
 from ..baselines import LayerBaseline, resolve_layer_baseline
 from ..interventions import LayerSpec, intervene
-from ..scoring import Layers, _batches, _model_device, mean_activations, resolve_layers
+from ..runs import (
+    Layers,
+    baseline_label,
+    channel_count,
+    first_batch,
+    iterate_batches,
+    make_runner,
+    resolve_device,
+    resolve_layers,
+    warn_if_training,
+)
+from ..scoring import layer_baselines
 
 __all__ = [
     "DAMAGE_METRICS",
@@ -74,10 +84,6 @@ class Unit:
         return self.layer if self.channel is None else f"{self.layer}[{self.channel}]"
 
 
-def _first_batch(data: Iterable[Any], device: torch.device) -> tuple[tuple[Tensor, ...], Any]:
-    return next(iter(_batches(data, device, 1, False, "layer shapes")))
-
-
 def _probe(
     model: nn.Module, inputs: tuple[Tensor, ...], named: Mapping[str, LayerSpec]
 ) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
@@ -94,16 +100,6 @@ def _probe(
     with torch.no_grad(), intervene(specs, edit, labels=names):
         model(*inputs)
     return {names[p]: depth for depth, p in enumerate(order)}, shapes
-
-
-def _n_channels(shape: tuple[int, ...], channel_dim: int, name: str) -> int:
-    if len(shape) < 2 or not -len(shape) + 1 <= channel_dim < len(shape) or channel_dim == 0:
-        raise ValueError(
-            f"Layer '{name}' has an activation of shape {shape}, which has no channel dimension "
-            f"{channel_dim}; use channel_dim=1 for (N, C, ...) or -1 for (N, T, D) activations, "
-            "or granularity='layer'."
-        )
-    return shape[channel_dim]
 
 
 def select_units(
@@ -141,8 +137,8 @@ def select_units(
     if granularity not in ("layer", "channel"):
         raise ValueError(f"granularity must be 'layer' or 'channel', got {granularity!r}.")
     named = resolve_layers(model, layers)
-    device = torch.device(device) if device is not None else _model_device(model)
-    inputs, _ = _first_batch(data, device)
+    device = resolve_device(model, device)
+    inputs, _ = first_batch(data, device)
     depth, shapes = _probe(model, inputs, named)
     ordered = sorted(named, key=depth.__getitem__)
     if granularity == "layer":
@@ -152,7 +148,7 @@ def select_units(
     every = [
         Unit(name, c, depth[name])
         for name in ordered
-        for c in range(_n_channels(shapes[name], channel_dim, name))
+        for c in range(channel_count(shapes[name], channel_dim, name))
     ]
     if n_channels is None or n_channels >= len(every):
         return every
@@ -160,53 +156,6 @@ def select_units(
         raise ValueError(f"n_channels must be >= 1, got {n_channels}.")
     picked = np.random.default_rng(seed).choice(len(every), size=n_channels, replace=False)
     return [every[i] for i in sorted(picked)]
-
-
-def layer_baselines(
-    model: nn.Module,
-    data: Iterable[Any],
-    layers: Layers,
-    baseline: str | float | Mapping[str, LayerBaseline] = "zero",
-    device: torch.device | str | None = None,
-    progress: bool = False,
-    max_batches: int | None = None,
-) -> dict[str, LayerBaseline]:
-    """Resolve a baseline choice into one layer baseline per layer.
-
-    Args:
-        model: The model.
-        data: A data loader (read only for ``baseline="mean"``).
-        layers: Dict name -> module, or a list of dotted names / modules.
-        baseline: ``"zero"``, ``"mean"`` (each layer's mean activation over ``data``, from
-            :func:`captum_gndi.scoring.mean_activations`), a number, or a dict name -> layer
-            baseline (see :mod:`captum_gndi.baselines`).
-        device: Where to run.
-        progress: Show a progress bar while averaging.
-        max_batches: Average over at most this many batches.
-
-    Returns:
-        Dict name -> layer baseline (``None`` for zero, a number, or a tensor).
-
-    Examples:
-        >>> layer_baselines(model, loader, ["layer1.0.bn2"], "mean")["layer1.0.bn2"].shape
-        torch.Size([16, 32, 32])
-    """
-    named = resolve_layers(model, layers)
-    if isinstance(baseline, Mapping):
-        missing = [name for name in named if name not in baseline]
-        if missing:
-            raise ValueError(f"The baseline dict has no entry for layers {missing}.")
-        return {name: baseline[name] for name in named}
-    if baseline == "mean":
-        return dict(mean_activations(model, data, named, device, progress, max_batches))
-    if baseline in (None, "zero"):
-        return {name: None for name in named}
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return {name: float(baseline) for name in named}
-    raise ValueError(
-        f"baseline must be 'zero', 'mean', a number or a dict name -> layer baseline, got "
-        f"{baseline!r}."
-    )
 
 
 def _edit_for(
@@ -373,9 +322,9 @@ def ablate(
         >>> result = ablate(model, test_loader, find_layers(model, "branch"))
         >>> dict(zip(result.names, result.damage["accuracy_drop"]))
     """
-    _warn_if_training(model)
+    warn_if_training(model)
     named = resolve_layers(model, layers)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(model, device)
     if units is None:
         units = select_units(model, data, named, granularity, n_channels, seed, channel_dim, device)
     units = list(units)
@@ -383,7 +332,7 @@ def ablate(
     if unknown:
         raise ValueError(f"Units refer to layers {unknown} that are not in `layers`.")
     specs = layer_baselines(model, data, named, baseline, device, progress, max_batches)
-    has_labels = _first_batch(data, device)[1] is not None
+    has_labels = first_batch(data, device)[1] is not None
     metrics = check_damage(damage, has_labels)
     labelled = any(m in LABELLED_METRICS for m in metrics)
 
@@ -395,7 +344,7 @@ def ablate(
     )
     per_example: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     clean_correct, clean_loss, n = 0.0, 0.0, 0
-    for inputs, labels in _batches(data, device, max_batches, False, "ablation"):
+    for inputs, labels in iterate_batches(data, device, max_batches, False, "ablation"):
         run = make_runner(model, inputs, None, None)
         with torch.no_grad():
             clean = run()
@@ -417,7 +366,7 @@ def ablate(
     stacked = {m: np.concatenate(parts, 0) for m, parts in per_example.items()}
     clean_stats = {"accuracy": clean_correct / n, "loss": clean_loss / n} if labelled else {}
     settings = {
-        "baseline": baseline if isinstance(baseline, (str, int, float)) else "custom",
+        "baseline": baseline_label(baseline),
         "granularity": "channel" if any(u.channel is not None for u in units) else "layer",
         "channel_dim": channel_dim,
     }
