@@ -87,8 +87,13 @@ def _broadcast(value: Tensor, h: Tensor, label: str) -> Tensor:
 
 
 def per_layer(spec: LayerBaseline | Sequence[LayerBaseline], n_layers: int) -> list[LayerBaseline]:
-    """Broadcast one baseline specification to all layers, or check a per-layer list."""
-    if isinstance(spec, (list, tuple)):
+    """Broadcast one baseline specification to all layers, or check a per-layer list.
+
+    A list gives one specification per layer. A tuple is per layer too when its length equals
+    the number of layers (several layers); otherwise (one layer) it is one specification per
+    tensor of a multi-tensor layer, used for every layer.
+    """
+    if isinstance(spec, list) or (isinstance(spec, tuple) and n_layers > 1):
         if len(spec) != n_layers:
             raise ValueError(
                 f"Got {len(spec)} layer baselines for {n_layers} layers; give one per layer "

@@ -2,25 +2,34 @@
 
 Everything here works on a :class:`ScoringJob`: a zero-argument ``run`` that evaluates the model
 on a fixed batch and returns its (target-selected) output flattened to ``(N, K)``, plus the
-intervention points and their baselines. The results are *effects* with the output dimension
-first: ``(K, N)`` per layer, ``(K, N, C)`` per channel, ``(K, N, *activation_shape)`` per unit.
-Scores are p-norms of effects over ``K`` (:func:`effect_norms`).
+intervention points, their baselines and how each layer splits into units
+(:mod:`captum_gndi.units`). The results are *effects* with the output dimension first:
+``(K, N, *unit_shape)`` per layer, where ``unit_shape`` is ``()`` for the whole layer, the
+channel sizes, ``(G,)`` for a ``layer_mask`` or the activation's shape per unit. Scores are
+norms of effects over ``K`` (:func:`effect_norms`).
+
+A layer whose output is a tuple of several floating-point tensors (or, with
+``attribute_to_layer_input``, a module with several tensor inputs) is intervened on *jointly*:
+every such tensor is set to its baseline together, and the effect is the sum of the tensors'
+first-order contributions.
 
 Two engines compute the same numbers:
 
-- forward mode (:func:`forward_effects`): every intervention point gets a scalar ``s_L`` (one
-  per channel for channel granularity) and its activation becomes ``h_L + s_L (h_L - b_L)``;
-  the Jacobian-vector product with respect to ``s_L`` at ``s = 0`` is ``J_{>L} (h_L - b_L)``.
-  ``torch.func.vmap`` over ``torch.func.jvp`` pushes many tangents through one forward pass:
-  first-order G-NDI of L layers takes about sqrt(L) passes over groups of consecutive layers
-  (at most ``tangent_chunk`` tangents each), instead of one pass per layer. Models that
-  ``torch.func`` cannot transform (e.g. a legacy ``autograd.Function`` without
-  ``setup_context``) fall back to one ``torch.autograd.forward_ad`` pass per tangent.
-- reverse mode (:func:`reverse_effects`): one forward pass that adds a zero leaf ``eps_L`` to
-  every layer's activation, and ``K`` vector-Jacobian products (batched with
-  ``is_grads_batched`` when ``vjp_chunk > 1``) give dy_k/dh_L for all layers at once;
-  ``J(h - b) = <dy/dh, h - b>`` is summed to the requested granularity one output dimension (one
-  chunk) at a time, so memory holds ``vjp_chunk`` gradients at a time.
+- forward mode (:func:`forward_effects`): every *cell* (a unit of a layer at an integration
+  point ``a``) gets a scalar ``s``, and the activation becomes
+  ``h + (a - 1 + s) 1[unit] (h - b)``: the unit on its own path ``b + a (h - b)`` with the rest
+  of the layer left at ``h``. The Jacobian-vector product with respect to ``s`` at ``s = 0`` is
+  ``J_{>L}(...) 1[unit] (h - b)``. ``torch.func.vmap`` over ``torch.func.jvp`` pushes many cells
+  through one pass: first-order cells (``a = 1``) share one primal pass, so first-order G-NDI of
+  L layers takes about sqrt(L) passes over groups of consecutive layers (at most
+  ``tangent_chunk`` tangents each); path-integrated cells each carry their own primal (batched by
+  vmap after the layer, sharing the prefix before it). Models that ``torch.func`` cannot
+  transform fall back to one ``torch.autograd.forward_ad`` pass per cell.
+- reverse mode (:func:`reverse_effects`): one forward pass that adds a zero leaf ``eps`` to every
+  layer's activation, and one vector-Jacobian product per output dimension (built one row at a
+  time: memory is linear in K) gives dy_k/dh for all layers at once; ``J(h - b)`` is summed into
+  units one output dimension (one chunk) at a time. Path-integrated G-NDI needs one recorded pass
+  per cell.
 
 :func:`true_effects` computes the exact intervention effect ``f(x) - f(x; do(h_L := b_L))``.
 """
@@ -32,7 +41,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -41,6 +50,7 @@ from torch import Tensor
 from .baselines import LayerBaseline, resolve_layer_baseline
 from .interventions import LayerSpec, intervene
 from .runs import channel_count
+from .units import GRANULARITIES, ChannelDim, Granularity, UnitIndex, unit_index
 
 __all__ = [
     "Granularity",
@@ -51,16 +61,14 @@ __all__ = [
     "compute_effects",
     "effect_norms",
     "forward_effects",
-    "reduce_granularity",
     "reverse_effects",
+    "signed_effect",
     "true_effects",
 ]
 
 logger = logging.getLogger(__name__)
 
-Granularity = Literal["layer", "channel", "unit"]
 Mode = Literal["auto", "forward", "reverse"]
-GRANULARITIES = ("layer", "channel", "unit")
 MODES = ("auto", "forward", "reverse")
 VJP_CHUNK = 1
 """Output dimensions per vector-Jacobian product. 1: one plain backward pass per output
@@ -69,6 +77,17 @@ the backward falls back to per-sample loops for convolution and ReLU backward; s
 docs/benchmarks.md). Larger values batch that many VJPs (and hold that many gradients)."""
 TANGENT_CHUNK = 32
 """Tangents per vectorised forward pass (memory: this many copies of the activations)."""
+
+Activation = Any  # a tensor, or a tuple of tensors for a jointly intervened multi-tensor layer
+
+
+def parts(h: Activation) -> tuple[Tensor, ...]:
+    """The tensors of an activation (one for an ordinary layer)."""
+    return tuple(h) if isinstance(h, tuple) else (h,)
+
+
+def _rebuild(h: Activation, new: Sequence[Tensor]) -> Activation:
+    return tuple(new) if isinstance(h, tuple) else new[0]
 
 
 @dataclass
@@ -83,10 +102,14 @@ class ScoringJob:
         run: Runs the model on the batch and returns the selected output as ``(N, K)``.
         layers: Intervention points.
         labels: One readable name per layer (used in errors).
-        baselines: One layer-baseline specification per layer (see :mod:`captum_gndi.baselines`).
+        baselines: One layer-baseline specification per layer (see :mod:`captum_gndi.baselines`;
+            a tuple gives one per tensor of a multi-tensor layer).
         attribute_to_layer_input: Intervene on each layer's input instead of its output.
-        channel_dim: Dimension of the activation that holds channels (1 for ``(N, C, H, W)``,
-            -1 for ``(N, T, D)`` transformer states).
+        channel_dim: Dimension(s) of the activation that hold the units of ``"channel"``
+            granularity (1 for ``(N, C, H, W)``, -1 for ``(N, T, D)``, ``(1, 2)`` for position x
+            head on ``(N, T, H, d)``).
+        layer_masks: One ``layer_mask`` (or ``None``) per layer for ``"group"`` granularity.
+        grad_kwargs: Extra keyword arguments for every ``torch.autograd.grad`` call.
     """
 
     run: Callable[[], Tensor]
@@ -94,31 +117,63 @@ class ScoringJob:
     labels: Sequence[str]
     baselines: Sequence[LayerBaseline]
     attribute_to_layer_input: bool = False
-    channel_dim: int = 1
+    channel_dim: ChannelDim = 1
+    layer_masks: Sequence[Tensor | None] | None = None
+    grad_kwargs: dict[str, Any] | None = None
 
-    def check_activation(self, position: int, h: Tensor) -> None:
+    def check_activation(self, position: int, h: Activation) -> None:
+        """Raise a clear error for a non-float or non-finite activation."""
         label = self.labels[position]
-        if not h.is_floating_point():
-            raise TypeError(
-                f"Layer '{label}' produces a {h.dtype} tensor, which cannot be differentiated. "
-                "Pick a layer with a floating-point activation (e.g. an embedding's output "
-                "rather than token ids)."
-            )
-        if not torch.isfinite(h).all():
-            raise ValueError(
-                f"Layer '{label}' produced NaN or inf activations; G-NDI is undefined there. "
-                "Check the inputs and the model's numerics (e.g. float16 overflow)."
-            )
+        for part in parts(h):
+            if not part.is_floating_point():
+                raise TypeError(
+                    f"Layer '{label}' produces a {part.dtype} tensor, which cannot be "
+                    "differentiated. Pick a layer with a floating-point activation (e.g. an "
+                    "embedding's output rather than token ids)."
+                )
+            if not torch.isfinite(part).all():
+                raise ValueError(
+                    f"Layer '{label}' produced NaN or inf activations; G-NDI is undefined there. "
+                    "Check the inputs and the model's numerics (e.g. float16 overflow)."
+                )
 
-    def delta(self, position: int, h: Tensor) -> tuple[Tensor, Tensor]:
-        """``(b, h - b)`` for the activation ``h`` of layer ``position``."""
+    def delta(self, position: int, h: Activation) -> tuple[Activation, Activation]:
+        """``(b, h - b)`` for the activation ``h`` of layer ``position`` (tuples part-wise)."""
         self.check_activation(position, h)
-        b = resolve_layer_baseline(self.baselines[position], h, self.labels[position])
-        return b, h.detach() - b
+        spec, label = self.baselines[position], self.labels[position]
+        tensors = parts(h)
+        specs = spec if isinstance(spec, tuple) else (spec,) * len(tensors)
+        if len(specs) != len(tensors):
+            raise ValueError(
+                f"Layer '{label}' has {len(tensors)} tensor(s) to intervene on but got a tuple of "
+                f"{len(specs)} layer baselines; give one baseline per tensor (or one for all)."
+            )
+        bs = [resolve_layer_baseline(s, t, label) for s, t in zip(specs, tensors)]
+        return _rebuild(h, bs), _rebuild(h, [t.detach() - b for t, b in zip(tensors, bs)])
 
     def n_channels(self, h: Tensor) -> int:
         """The size of the channel dimension of an activation, with a clear error if absent."""
         return channel_count(h.shape, self.channel_dim)
+
+    def units(self, position: int, h: Activation, granularity: str) -> UnitIndex:
+        """How layer ``position`` splits into units at ``granularity``."""
+        tensors = parts(h)
+        if granularity != "layer" and len(tensors) > 1:
+            raise ValueError(
+                f"Layer '{self.labels[position]}' has {len(tensors)} tensors that are "
+                f"intervened on jointly; granularity={granularity!r} needs a layer with one "
+                "tensor. Use granularity='layer', or pick the submodule that produces the "
+                "tensor you want to split."
+            )
+        mask = None if self.layer_masks is None else self.layer_masks[position]
+        return unit_index(
+            granularity,
+            tensors[0].shape,
+            self.labels[position],
+            self.channel_dim,
+            mask,
+            tensors[0].device,
+        )
 
 
 def _hooks(job: ScoringJob, positions: Sequence[int], edit):
@@ -131,13 +186,13 @@ def _hooks(job: ScoringJob, positions: Sequence[int], edit):
     )
 
 
-def capture_activations(job: ScoringJob) -> tuple[Tensor, list[Tensor]]:
-    """Run the job once (no gradients) and return its output and detached activations."""
-    activations: list[Tensor | None] = [None] * len(job.layers)
+def capture_activations(job: ScoringJob) -> tuple[Tensor, list[Activation]]:
+    """Run the batch once (no gradients) and return its output and detached activations."""
+    activations: list[Activation | None] = [None] * len(job.layers)
 
-    def edit(position: int, h: Tensor) -> None:
+    def edit(position: int, h: Activation) -> None:
         job.check_activation(position, h)
-        activations[position] = h.detach().clone()
+        activations[position] = _rebuild(h, [t.detach().clone() for t in parts(h)])
 
     with torch.no_grad(), _hooks(job, range(len(job.layers)), edit):
         output = job.run()
@@ -151,9 +206,9 @@ def true_effects(job: ScoringJob) -> list[Tensor]:
         effects = []
         for position in range(len(job.layers)):
 
-            def edit(position: int, h: Tensor) -> Tensor:
+            def edit(position: int, h: Activation) -> Activation:
                 b, _delta = job.delta(position, h)
-                return b.clone()
+                return _rebuild(h, [t.clone() for t in parts(b)])
 
             with _hooks(job, [position], edit):
                 intervened = job.run()
@@ -161,25 +216,39 @@ def true_effects(job: ScoringJob) -> list[Tensor]:
     return effects
 
 
-def reduce_granularity(contribution: Tensor, granularity: Granularity, channel_dim: int) -> Tensor:
-    """Sum a per-unit contribution ``(K, N, *shape)`` to the requested granularity."""
-    if granularity == "unit":
-        return contribution
-    if granularity == "layer":
-        return contribution.flatten(2).sum(-1)
-    channel_count(contribution.shape[1:], channel_dim)  # without the leading K dimension
-    dim = channel_dim if channel_dim < 0 else channel_dim + 1  # shift past the K dimension
-    moved = contribution.movedim(dim, -1)
-    return moved.reshape(moved.shape[0], moved.shape[1], -1, moved.shape[-1]).sum(2)
-
-
 def _first_order(alphas: Sequence[float]) -> bool:
     return tuple(alphas) == (1.0,)
 
 
-def _interpolate(h: Tensor, b: Tensor, delta: Tensor, alpha: float) -> Tensor:
-    """The activation on the path ``b + alpha (h - b)`` (``h`` itself at ``alpha = 1``)."""
-    return h if alpha == 1.0 else b + alpha * delta
+@dataclass(frozen=True)
+class _Cell:
+    """One tangent direction: group ``group`` of layer ``position`` at integration point
+    ``alpha``, with integration weight ``weight``."""
+
+    position: int
+    group: int
+    alpha: float
+    weight: float
+
+
+def _cells(
+    units: Sequence[UnitIndex], alphas: Sequence[float], weights: Sequence[float]
+) -> list[_Cell]:
+    return [
+        _Cell(p, g, a, w)
+        for p, index in enumerate(units)
+        for g in range(index.n_groups)
+        for a, w in zip(alphas, weights)
+    ]
+
+
+def _assemble(units: Sequence[UnitIndex], cells: Sequence[_Cell], columns: Tensor) -> list[Tensor]:
+    """Effects ``(K, N, *unit_shape)`` per layer from per-cell output tangents ``(C, N, K)``."""
+    n, k = columns.shape[1:]
+    effects = [columns.new_zeros(k, n, index.n_groups) for index in units]
+    for cell, column in zip(cells, columns):
+        effects[cell.position][:, :, cell.group] += cell.weight * column.T
+    return [e.reshape(k, n, *index.shape) for e, index in zip(effects, units)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,87 +263,49 @@ def forward_effects(
     weights: Sequence[float] = (1.0,),
     tangent_chunk: int = TANGENT_CHUNK,
 ) -> list[Tensor]:
-    """G-NDI effects by forward-mode AD: ``sum_i w_i J(b + a_i (h - b)) (h - b)`` per layer.
+    """G-NDI effects by forward-mode AD: ``sum_i w_i J(path_u(a_i)) 1[u] (h - b)`` per unit u.
 
-    First-order G-NDI (``alphas == (1.0,)``) pushes one tangent per layer (per channel for
-    channel granularity) through about ``sqrt(L)`` vectorised forward passes over groups of
-    consecutive layers (list the layers in execution order for the best grouping);
-    path-integrated G-NDI needs one pass per layer and integration point, because the
-    intervention on one layer changes every activation after it.
+    First-order G-NDI (``alphas == (1.0,)``) pushes one tangent per unit through about
+    ``sqrt(L)`` vectorised forward passes over groups of consecutive layers (list the layers in
+    execution order for the best grouping). Path-integrated G-NDI integrates every unit along
+    its own path ``b_u + a (h - b)_u`` with the rest of the layer at ``h``, so it converges to
+    the effect of intervening on that unit alone; ``units x steps`` cells, vectorised
+    ``tangent_chunk`` at a time.
 
     Args:
-        job: The job and its intervention points.
-        granularity: ``"layer"`` or ``"channel"`` (``"unit"`` would need one tangent per
-            neuron: use reverse mode).
+        job: The batch and its intervention points.
+        granularity: ``"layer"``, ``"channel"``, ``"group"``; ``"unit"`` only with path
+            integration (first-order unit scores need one tangent per neuron: use reverse).
         alphas: Integration points on [0, 1].
         weights: Integration weights, one per point.
         tangent_chunk: Tangents per vectorised pass; memory grows with it.
 
     Returns:
-        One tensor per layer, ``(K, N)`` for layer and ``(K, N, C)`` for channel granularity.
+        One tensor per layer, ``(K, N, *unit_shape)``.
 
     Raises:
         NotImplementedError: When an operator after the layer has no forward-AD formula
             (for example CPU scaled-dot-product attention); use reverse mode then.
-        ValueError: For ``granularity="unit"``.
+        ValueError: For first-order ``granularity="unit"``.
 
     Examples:
         >>> effects = forward_effects(job)  # one (K, N) tensor per layer
     """
-    if granularity == "unit":
+    if granularity == "unit" and _first_order(alphas):
         raise ValueError(
             "granularity='unit' needs one forward pass per unit; use mode='reverse' or 'auto'."
         )
-    channels = None
-    if granularity == "channel":
-        channels = [job.n_channels(h) for h in capture_activations(job)[1]]
-    if _first_order(alphas):
-        everything = range(len(job.layers))
-        return [
-            e * weights[0] for e in _tangent_pass(job, everything, 1.0, channels, tangent_chunk)
-        ]
-    effects = []
-    for position in range(len(job.layers)):
-        parts = [
-            _tangent_pass(job, [position], alpha, channels, tangent_chunk)[0] * weight
-            for alpha, weight in zip(alphas, weights)
-        ]
-        effects.append(sum(parts[1:], parts[0]))
-    return effects
-
-
-def _tangent_pass(
-    job: ScoringJob,
-    positions: Sequence[int],
-    alpha: float,
-    channels: Sequence[int] | None,
-    chunk: int,
-) -> list[Tensor]:
-    """Effects of the layers at ``positions`` from vectorised forward passes.
-
-    Every tangent direction (a *cell*: a layer, or one channel of a layer when ``channels``
-    gives the channel counts) gets a scalar ``s_i``, and the activation becomes
-    ``b + (alpha + s_i) (h - b)`` on the cell. The cells are split into about
-    ``sqrt(len(positions))`` groups of consecutive cells, at most ``chunk`` per group, and each
-    group is one vectorised pass. A group's tangents only flow from its first layer on, so
-    grouping balances primal passes (one per group) against tangent work spent before a layer is
-    reached; for layers listed in execution order ``sqrt(L)`` groups about minimise the sum (see
-    docs/benchmarks.md). Any order gives the same numbers.
-    """
-    cells = [
-        (p, c) for p in positions for c in ([None] if channels is None else range(channels[p]))
-    ]
-    size = math.ceil(len(cells) / _tangent_groups(len(positions), len(cells), chunk))
+    _, activations = capture_activations(job)
+    units = [job.units(p, h, granularity) for p, h in enumerate(activations)]
+    cells = _cells(units, alphas, weights)
+    shared = _first_order(alphas)
+    size = math.ceil(len(cells) / _tangent_groups(len(job.layers), len(cells), tangent_chunk))
+    if not shared:
+        size = min(size, tangent_chunk)
     columns = torch.cat(
-        [_group_jvps(job, cells[i : i + size], alpha) for i in range(0, len(cells), size)]
+        [_group_jvps(job, units, cells[i : i + size], shared) for i in range(0, len(cells), size)]
     )
-    effects, start = [], 0
-    for position in positions:
-        count = 1 if channels is None else channels[position]
-        block = columns[start : start + count]  # (count, N, K)
-        start += count
-        effects.append(block[0].T if channels is None else block.permute(2, 1, 0))
-    return effects
+    return _assemble(units, cells, columns)
 
 
 def _tangent_groups(n_layers: int, n_tangents: int, chunk: int) -> int:
@@ -283,66 +314,78 @@ def _tangent_groups(n_layers: int, n_tangents: int, chunk: int) -> int:
     return max(round(math.sqrt(n_layers)), math.ceil(n_tangents / chunk))
 
 
-def _group_jvps(job: ScoringJob, cells: Sequence[tuple[int, int | None]], alpha: float) -> Tensor:
+def _group_jvps(
+    job: ScoringJob, units: Sequence[UnitIndex], cells: Sequence[_Cell], shared: bool
+) -> Tensor:
     """Output tangents ``(len(cells), N, K)`` of one group, vectorised where torch.func can."""
     try:
-        return _vectorised_jvps(job, cells, alpha)
+        return _vectorised_jvps(job, units, cells, shared)
     except (NotImplementedError, RuntimeError) as error:
         if _is_missing_forward_ad(error):
             raise
         logger.debug("torch.func could not vectorise the JVPs (%s); one pass per tangent", error)
-    return torch.stack([_one_jvp(job, p, alpha, c) for p, c in cells])
+    return torch.stack([_one_jvp(job, units, cell) for cell in cells])
 
 
 def _vectorised_jvps(
-    job: ScoringJob, cells: Sequence[tuple[int, int | None]], alpha: float
+    job: ScoringJob, units: Sequence[UnitIndex], cells: Sequence[_Cell], shared: bool
 ) -> Tensor:
-    """``d run / d s`` for every unit vector of ``s`` (one entry per cell), in one pass."""
-    entries: dict[int, list[tuple[int, int | None]]] = {}  # position -> [(index in s, channel)]
-    for index, (position, channel) in enumerate(cells):
-        entries.setdefault(position, []).append((index, channel))
+    """``d run / d s`` for every unit vector of ``s`` (one entry per cell), in one pass.
 
-    def scale_of(s: Tensor, position: int, h: Tensor) -> Tensor:
-        (first_index, first), *_ = entries[position]
-        if first is None:
-            return s[first_index]
-        count = job.n_channels(h)
-        stop = first + len(entries[position])  # the group holds consecutive channels
-        shape = [1] * h.dim()
-        shape[job.channel_dim] = count
-        values = s[first_index : first_index + stop - first]
-        return torch.cat([s.new_zeros(first), values, s.new_zeros(count - stop)]).reshape(shape)
+    With ``shared`` (first order) every cell sits at ``a = 1`` and all share one primal pass;
+    otherwise row ``i`` of the vmap also moves cell ``i``'s unit to ``a_i`` on its own primal.
+    """
+    entries: dict[int, list[int]] = {}  # position -> indices into cells
+    for index, cell in enumerate(cells):
+        entries.setdefault(cell.position, []).append(index)
+    layout = {}  # position -> (cell indices, first group, cell -> group one-hot matrix)
+    for position, indices in entries.items():
+        groups = [cells[i].group for i in indices]
+        first, span = min(groups), max(groups) - min(groups) + 1
+        onehot = torch.zeros(len(indices), span)
+        onehot[torch.arange(len(indices)), torch.tensor(groups) - first] = 1.0
+        layout[position] = (torch.tensor(indices), first, onehot)
 
-    def scaled(s: Tensor) -> Tensor:
-        def edit(position: int, h: Tensor) -> Tensor:
-            b, delta = job.delta(position, h)
-            scale = scale_of(s, position, h).to(device=delta.device, dtype=delta.dtype)
-            return _interpolate(h, b, delta, alpha) + scale * delta
+    def scaled(s: Tensor, offset: Tensor) -> Tensor:
+        def edit(position: int, h: Activation) -> Activation:
+            _b, delta = job.delta(position, h)
+            indices, first, onehot = layout[position]
+            coefficients = (s + offset)[indices] @ onehot.to(s)  # per group of the span
+            new = []
+            for part, d in zip(parts(h), parts(delta)):
+                scale = units[position].expand(coefficients, first, part)
+                new.append(part + scale.to(device=d.device, dtype=d.dtype) * d)
+            return _rebuild(h, new)
 
         with _hooks(job, list(entries), edit):
             return job.run()
 
     origin = torch.zeros(len(cells))  # 0/1 entries: exact in any dtype
+    eye = torch.eye(len(cells))
 
-    def tangent_of(direction: Tensor) -> Tensor:
-        return torch.func.jvp(scaled, (origin,), (direction,))[1]
+    def tangent_of(direction: Tensor, offset: Tensor) -> Tensor:
+        return torch.func.jvp(lambda s: scaled(s, offset), (origin,), (direction,))[1]
 
     with torch.no_grad():
-        return torch.func.vmap(tangent_of)(torch.eye(len(cells)))
+        if shared:
+            return torch.func.vmap(lambda d: tangent_of(d, origin))(eye)
+        offsets = torch.diag(torch.tensor([cell.alpha - 1.0 for cell in cells]))
+        return torch.func.vmap(tangent_of)(eye, offsets)
 
 
-def _one_jvp(job: ScoringJob, position: int, alpha: float, channel: int | None) -> Tensor:
+def _one_jvp(job: ScoringJob, units: Sequence[UnitIndex], cell: _Cell) -> Tensor:
     """One forward pass with a dual activation; returns the output tangent ``(N, K)``."""
 
-    def edit(position: int, h: Tensor) -> Tensor:
-        b, delta = job.delta(position, h)
-        tangent = delta
-        if channel is not None:
-            tangent = torch.zeros_like(delta)
-            tangent.select(job.channel_dim, channel).copy_(delta.select(job.channel_dim, channel))
-        return fwAD.make_dual(_interpolate(h.detach(), b, delta, alpha), tangent)
+    def edit(position: int, h: Activation) -> Activation:
+        _b, delta = job.delta(position, h)
+        new = []
+        for part, d in zip(parts(h), parts(delta)):
+            tangent = units[position].indicator(cell.group, d) * d
+            primal = part.detach() + (cell.alpha - 1.0) * tangent
+            new.append(fwAD.make_dual(primal, tangent.expand_as(primal).contiguous()))
+        return _rebuild(h, new)
 
-    with torch.no_grad(), fwAD.dual_level(), _hooks(job, [position], edit):
+    with torch.no_grad(), fwAD.dual_level(), _hooks(job, [cell.position], edit):
         output = job.run()
         tangent = fwAD.unpack_dual(output).tangent
     return torch.zeros_like(output) if tangent is None else tangent.detach()
@@ -358,62 +401,96 @@ class _Graph:
     """A forward pass recorded for reverse mode: zero leaves added to the layers' activations."""
 
     output: Tensor
-    leaves: list[Tensor]
-    deltas: list[Tensor]
+    leaves: list[tuple[Tensor, ...]]
+    deltas: list[tuple[Tensor, ...]]
 
 
-def _record(job: ScoringJob, positions: Sequence[int], alpha: float = 1.0) -> _Graph:
-    """One forward pass in which the layers at ``positions`` output ``b + alpha (h - b) + eps``."""
-    deltas: dict[int, Tensor] = {}
-    leaves: dict[int, Tensor] = {}
+def _record(
+    job: ScoringJob,
+    positions: Sequence[int],
+    cell: _Cell | None = None,
+    units: Sequence[UnitIndex] | None = None,
+) -> _Graph:
+    """One forward pass in which the layers at ``positions`` output ``h + eps``.
 
-    def edit(position: int, h: Tensor) -> Tensor:
-        b, deltas[position] = job.delta(position, h)
-        leaves[position] = torch.zeros_like(h, requires_grad=True)
-        return _interpolate(h, b, deltas[position], alpha) + leaves[position]
+    With a ``cell`` (path integration), its unit is moved to ``b + a (h - b)`` first and its
+    ``deltas`` are restricted to the unit: ``1[unit] (h - b)``.
+    """
+    deltas: dict[int, tuple[Tensor, ...]] = {}
+    leaves: dict[int, tuple[Tensor, ...]] = {}
+
+    def edit(position: int, h: Activation) -> Activation:
+        _b, delta = job.delta(position, h)
+        tensors, ds = parts(h), parts(delta)
+        if cell is not None and units is not None:
+            ds = tuple(units[position].indicator(cell.group, d) * d for d in ds)
+            tensors = tuple(t + (cell.alpha - 1.0) * d for t, d in zip(tensors, ds))
+        deltas[position] = ds
+        leaves[position] = tuple(torch.zeros_like(t, requires_grad=True) for t in tensors)
+        return _rebuild(h, [t + eps for t, eps in zip(tensors, leaves[position])])
 
     with torch.enable_grad(), _hooks(job, positions, edit):
         output = job.run()
     return _Graph(output, [leaves[p] for p in positions], [deltas[p] for p in positions])
 
 
+def _unit_rows(start: int, stop: int, output: Tensor) -> Tensor:
+    """Rows ``start..stop-1`` of the identity, as ``(k, N, K)`` grad_outputs (no K x K)."""
+    n, k_total = output.shape
+    rows = output.new_zeros(stop - start, n, k_total)
+    rows[torch.arange(stop - start), :, torch.arange(start, stop)] = 1.0
+    return rows
+
+
 def _vjp_effects(
-    graph: _Graph, granularity: Granularity, channel_dim: int, chunk: int
+    graph: _Graph, job: ScoringJob, units: Sequence[UnitIndex], chunk: int
 ) -> list[Tensor]:
-    """``sum <dy_k/dh, h - b>`` per granularity cell, for every output column ``k``.
+    """``sum <dy_k/dh, h - b>`` per unit, for every output column ``k``.
 
     The output columns are processed ``chunk`` at a time; each chunk's gradients are reduced to
-    the granularity and written into a result allocated once, before the next chunk is computed,
-    so memory holds ``chunk`` gradients. (Keeping one small tensor per chunk instead pins the
-    allocator's heap between the large gradient buffers: +3.5 GiB over 384 output dimensions of
-    MiniLM, see docs/benchmarks.md.)
+    units and written into a result allocated once, before the next chunk is computed, so memory
+    holds ``chunk`` gradients. (Keeping one small tensor per chunk instead pins the allocator's
+    heap between the large gradient buffers: +3.5 GiB over 384 output dimensions of MiniLM, see
+    docs/benchmarks.md.)
     """
     output = graph.output
     n, k_total = output.shape
+    flat_leaves = [leaf for group in graph.leaves for leaf in group]
     effects: list[Tensor | None] = [None] * len(graph.leaves)
-    eye = torch.eye(k_total, device=output.device, dtype=output.dtype)
     for start in range(0, k_total, chunk):
-        rows = eye[start : start + chunk]  # (k, K)
-        grad_outputs = rows[:, None, :].expand(rows.shape[0], n, k_total)
-        grads = _batched_grad(output, graph.leaves, grad_outputs, retain=start + chunk < k_total)
-        for i, (grad, delta) in enumerate(zip(grads, graph.deltas)):
-            if grad is None:  # the output does not depend on this layer
-                grad = delta.new_zeros(()).expand(rows.shape[0], *delta.shape)
-            part = reduce_granularity(grad * delta, granularity, channel_dim)
+        stop = min(start + chunk, k_total)
+        grad_outputs = _unit_rows(start, stop, output)
+        grads = iter(
+            _batched_grad(output, flat_leaves, grad_outputs, stop < k_total, job.grad_kwargs)
+        )
+        for i, (index, deltas) in enumerate(zip(units, graph.deltas)):
+            part = None
+            for delta in deltas:
+                grad = next(grads)
+                if grad is None:  # the output does not depend on this tensor
+                    grad = delta.new_zeros(()).expand(stop - start, *delta.shape)
+                reduced = index.reduce(grad * delta)
+                part = reduced if part is None else part + reduced
             if effects[i] is None:
                 effects[i] = part.new_empty((k_total, *part.shape[1:]))
-            effects[i][start : start + rows.shape[0]] = part  # type: ignore[index]
+            effects[i][start:stop] = part  # type: ignore[index]
     return effects  # type: ignore[return-value]
 
 
 def _batched_grad(
-    output: Tensor, leaves: list[Tensor], grad_outputs: Tensor, retain: bool
+    output: Tensor,
+    leaves: list[Tensor],
+    grad_outputs: Tensor,
+    retain: bool,
+    grad_kwargs: dict[str, Any] | None = None,
 ) -> Sequence[Tensor | None]:
     """``autograd.grad`` for each of a ``(k, N, K)`` stack of ``grad_outputs``.
 
     One backward pass per row for ``k == 1``; for ``k > 1`` one batched pass
-    (``is_grads_batched``, i.e. vmap over the backward), with a loop where an op cannot job.
+    (``is_grads_batched``, i.e. vmap over the backward), with a loop where an op cannot batch.
+    ``grad_kwargs`` (Captum's argument, e.g. ``{"materialize_grads": True}``) go to every call.
     """
+    kwargs = {"allow_unused": True, **(grad_kwargs or {})}
     if grad_outputs.shape[0] > 1:
         try:
             return torch.autograd.grad(
@@ -422,14 +499,14 @@ def _batched_grad(
                 grad_outputs=grad_outputs,
                 retain_graph=retain,
                 is_grads_batched=True,
-                allow_unused=True,
+                **kwargs,
             )
         except RuntimeError as error:  # an operator without a batching rule: loop instead
             logger.debug("batched VJP failed (%s); looping over output columns", error)
     last = len(grad_outputs) - 1
     rows = [
         torch.autograd.grad(
-            output, leaves, grad_outputs=g, retain_graph=retain or i < last, allow_unused=True
+            output, leaves, grad_outputs=g, retain_graph=retain or i < last, **kwargs
         )
         for i, g in enumerate(grad_outputs)
     ]
@@ -448,40 +525,39 @@ def reverse_effects(
 
     With ``alphas == (1.0,)`` (first-order G-NDI) all layers share one forward pass and ``K``
     VJPs (one backward pass each, or batched ``vjp_chunk`` at a time). Path-integrated G-NDI
-    needs one forward pass per layer and integration point, because the intervention on one
-    layer changes every activation after it.
+    needs one recorded pass (and ``K`` VJPs) per unit and integration point, because each unit
+    moves along its own path; forward mode is cheaper there.
 
     Args:
-        job: The job and its intervention points.
-        granularity: ``"layer"``, ``"channel"`` or ``"unit"``.
+        job: The batch and its intervention points.
+        granularity: ``"layer"``, ``"channel"``, ``"group"`` or ``"unit"``.
         alphas: Integration points on [0, 1].
         weights: Integration weights, one per point.
         vjp_chunk: Output dimensions per VJP (see :data:`VJP_CHUNK`); memory grows with it.
 
     Returns:
-        One tensor per layer: ``(K, N)``, ``(K, N, C)`` or ``(K, N, *shape)`` by granularity.
+        One tensor per layer, ``(K, N, *unit_shape)``.
 
     Examples:
         >>> effects = reverse_effects(job, granularity="channel")  # (K, N, C) per layer
     """
+    graph = _record(job, range(len(job.layers)))
+    units = [job.units(p, h, granularity) for p, h in enumerate(_graph_activations(graph))]
     if _first_order(alphas):
-        return _reverse_from(
-            _record(job, range(len(job.layers))), job, granularity, weights[0], vjp_chunk
-        )
-    effects = []
-    for position in range(len(job.layers)):
-        parts = [
-            _reverse_from(_record(job, [position], alpha), job, granularity, weight, vjp_chunk)[0]
-            for alpha, weight in zip(alphas, weights)
-        ]
-        effects.append(sum(parts[1:], parts[0]))
-    return effects
+        return [e * weights[0] for e in _vjp_effects(graph, job, units, vjp_chunk)]
+    del graph
+    cells = _cells(units, alphas, weights)
+    columns = []
+    layer = UnitIndex("layer", None, 1, ())
+    for cell in cells:
+        recorded = _record(job, [cell.position], cell, units)
+        columns.append(_vjp_effects(recorded, job, [layer], vjp_chunk)[0].T)  # (N, K)
+    return _assemble(units, cells, torch.stack(columns))
 
 
-def _reverse_from(
-    graph: _Graph, job: ScoringJob, granularity: Granularity, weight: float, vjp_chunk: int
-) -> list[Tensor]:
-    return [e * weight for e in _vjp_effects(graph, granularity, job.channel_dim, vjp_chunk)]
+def _graph_activations(graph: _Graph) -> list[Activation]:
+    """Stand-ins with the recorded activations' shapes (all the unit index needs)."""
+    return [group if len(group) > 1 else group[0] for group in graph.deltas]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,26 +571,30 @@ def choose_mode(
     n_outputs: int,
     granularity: Granularity,
     n_tangents: int | None = None,
+    path: bool = False,
 ) -> str:
     """Pick the engine that needs fewer passes.
 
-    Reverse mode costs one forward pass plus one backward pass per output dimension:
-    ``1 + n_outputs``. Forward mode costs one primal pass per group of tangents plus one tangent
-    per intervention direction: ``n_groups + n_tangents``, with ``n_groups`` as the forward
-    engine forms them (about ``sqrt(n_layers)``, at least ``n_tangents / TANGENT_CHUNK``). A
-    backward pass and a tangent each cost about one forward pass (measured 0.9 to 1.3 on
-    ResNet-18/56 and MiniLM, docs/benchmarks.md), so reverse is chosen when
-    ``1 + n_outputs < n_groups + n_tangents``, and always for unit granularity; a tie goes to
-    forward mode, whose passes need no stored graph (ResNet-18 with 10 logits and 8 branches:
-    forward 9.3, reverse 10.8 forward-pass equivalents). The choice is logged at debug level.
+    First order: reverse mode costs one forward pass plus one backward pass per output
+    dimension, ``1 + n_outputs``; forward mode one primal pass per group of tangents plus one
+    tangent per unit, ``n_groups + n_tangents``, with ``n_groups`` as the forward engine forms
+    them (about ``sqrt(n_layers)``, at least ``n_tangents / TANGENT_CHUNK``). A backward pass and
+    a tangent each cost about one forward pass (measured 0.9 to 1.3 on ResNet-18/56 and MiniLM,
+    docs/benchmarks.md), so reverse is chosen when ``1 + n_outputs < n_groups + n_tangents``, and
+    always for first-order unit granularity; a tie goes to forward mode, whose passes need no
+    stored graph (ResNet-18 with 10 logits and 8 branches: forward 9.3, reverse 10.8
+    forward-pass equivalents). Path integration (``path=True``, ``n_tangents`` cells: units x
+    steps): each cell needs its own pass in either engine, plus ``n_outputs`` VJPs in reverse
+    mode, so forward mode wins unless forward AD is missing. The choice is logged at debug
+    level.
 
     Args:
         mode: ``"auto"``, ``"forward"`` or ``"reverse"`` (returned unchanged unless auto).
-        n_layers: Intervention points per pass (1 for path-integrated G-NDI, which needs a pass
-            per layer).
+        n_layers: Intervention points.
         n_outputs: Output dimensions K.
-        granularity: ``"layer"``, ``"channel"`` or ``"unit"``.
-        n_tangents: Tangents per forward-mode pass (default: ``n_layers``).
+        granularity: ``"layer"``, ``"channel"``, ``"group"`` or ``"unit"``.
+        n_tangents: Tangents (cells) in total (default: ``n_layers``).
+        path: Path-integrated G-NDI.
 
     Returns:
         ``"forward"`` or ``"reverse"``.
@@ -529,8 +609,10 @@ def choose_mode(
         return mode
     n_tangents = n_layers if n_tangents is None else n_tangents
     n_groups = _tangent_groups(n_layers, n_tangents, TANGENT_CHUNK)
-    forward_cost, reverse_cost = n_groups + n_tangents, 1 + n_outputs
-    chosen = "reverse" if granularity == "unit" or reverse_cost < forward_cost else "forward"
+    forward_cost = n_groups + n_tangents
+    reverse_cost = n_tangents * (1 + n_outputs) if path else 1 + n_outputs
+    unit_first_order = granularity == "unit" and not path
+    chosen = "reverse" if unit_first_order or reverse_cost < forward_cost else "forward"
     logger.debug(
         "mode='auto' chose %s (%d layers, %d output dims, %d tangents, granularity=%s; "
         "passes: forward ~%d, reverse ~%d)",
@@ -547,25 +629,24 @@ def choose_mode(
 
 def _probe(
     job: ScoringJob, granularity: Granularity, alphas: Sequence[float], n_outputs: int | None
-) -> tuple[_Graph | None, int, int, int]:
-    """What ``auto`` needs to choose: ``(graph, n_outputs, layers per pass, tangents per pass)``.
+) -> tuple[_Graph | None, list[UnitIndex] | None, int, int]:
+    """What ``auto`` needs to choose: ``(graph, units, n_outputs, tangents)``.
 
-    First-order G-NDI probes with the reverse engine's own forward pass (returned as ``graph``,
-    so choosing reverse costs nothing extra); path-integrated G-NDI with a plain forward pass.
+    First-order G-NDI probes with the reverse engine's own forward pass (returned as ``graph``
+    with the layers' units, so choosing reverse costs nothing extra); path-integrated G-NDI with
+    a plain forward pass.
     """
-    first_order = _first_order(alphas)
-    n_layers = len(job.layers) if first_order else 1
+    steps = len(alphas)
     if granularity == "layer" and n_outputs is not None:
-        return None, n_outputs, n_layers, n_layers
-    graph = _record(job, range(len(job.layers))) if first_order else None
-    output, activations = (
-        (graph.output, graph.deltas) if graph is not None else capture_activations(job)
-    )
-    n_tangents = n_layers
-    if granularity == "channel":
-        counts = [job.n_channels(h) for h in activations]
-        n_tangents = sum(counts) if first_order else max(counts)
-    return graph, output.shape[1], n_layers, n_tangents
+        return None, None, n_outputs, len(job.layers) * steps
+    if _first_order(alphas):
+        graph = _record(job, range(len(job.layers)))
+        output, activations = graph.output, _graph_activations(graph)
+    else:
+        graph = None
+        output, activations = capture_activations(job)
+    units = [job.units(p, h, granularity) for p, h in enumerate(activations)]
+    return graph, units, output.shape[1], sum(u.n_groups for u in units) * steps
 
 
 def _is_missing_forward_ad(error: BaseException) -> bool:
@@ -590,7 +671,7 @@ def compute_effects(
         job: The job and its intervention points.
         mode: ``"forward"``, ``"reverse"`` or ``"auto"`` (the cheaper of the two; forward AD
             falls back to reverse with a warning when an operator has no forward-AD formula).
-        granularity: ``"layer"``, ``"channel"`` or ``"unit"``.
+        granularity: ``"layer"``, ``"channel"``, ``"group"`` or ``"unit"``.
         alphas: Integration points on [0, 1] (``(1.0,)``: first-order G-NDI).
         weights: Integration weights, one per point.
         n_outputs: The number of output dimensions K, if known (``auto`` runs a forward pass
@@ -606,13 +687,15 @@ def compute_effects(
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    graph, chosen = None, mode
+    graph, units, chosen = None, None, mode
     if mode == "auto":
-        graph, n_outputs, n_layers, n_tangents = _probe(job, granularity, alphas, n_outputs)
-        chosen = choose_mode(mode, n_layers, n_outputs, granularity, n_tangents)
+        graph, units, n_outputs, n_tangents = _probe(job, granularity, alphas, n_outputs)
+        path = not _first_order(alphas)
+        chosen = choose_mode(mode, len(job.layers), n_outputs, granularity, n_tangents, path)
     if chosen == "reverse":
-        if graph is not None:
-            return _reverse_from(graph, job, granularity, weights[0], VJP_CHUNK), "reverse"
+        if graph is not None and units is not None:
+            effects = _vjp_effects(graph, job, units, VJP_CHUNK)
+            return [e * weights[0] for e in effects], "reverse"
         return reverse_effects(job, granularity, alphas, weights), "reverse"
     graph = None  # free the probe's autograd graph before running forward mode
     try:
@@ -629,6 +712,21 @@ def compute_effects(
             stacklevel=3,
         )
         return reverse_effects(job, granularity, alphas, weights), "reverse"
+
+
+def signed_effect(effect: Tensor, label: str = "layer") -> Tensor:
+    """The signed effect ``J (h - b)`` of a scalar output per example: ``effect[0]``.
+
+    Raises:
+        ValueError: For a vector output (``K > 1``), where a sign is undefined.
+    """
+    if effect.shape[0] != 1:
+        raise ValueError(
+            f"signed=True needs one output per example, but the output of '{label}' has "
+            f"{effect.shape[0]} entries per example; select one with `target` (e.g. a class "
+            "index, or a metric such as a logit difference as forward_func)."
+        )
+    return effect[0]
 
 
 def effect_norms(effect: Tensor, p: float) -> Tensor:

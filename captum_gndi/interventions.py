@@ -108,20 +108,38 @@ def _first_tensor_index(values: Sequence[Any]) -> int | None:
     return next((i for i, v in enumerate(values) if isinstance(v, Tensor)), None)
 
 
-def _get_activation(value: Any, where: str) -> tuple[Tensor, Callable[[Tensor], Any]]:
-    """Split a layer's output (or input) into the tensor to intervene on and a rebuild function."""
+def _get_activation(value: Any, where: str) -> tuple[Any, Callable[[Any], Any]]:
+    """Split a layer's output (or inputs) into what to intervene on and a rebuild function.
+
+    A tensor is intervened on as is. In a tuple or list, every floating-point tensor element
+    with the batch dimension of the first one (same size of dimension 0; a scalar auxiliary
+    output is not an activation) is intervened on *jointly*, handed to ``edit`` as a tuple when
+    there are several and as the tensor itself when there is one; other elements pass through
+    unchanged. A sequence without a floating-point tensor hands over its first tensor (so the
+    dtype check can say what is wrong).
+    """
     if isinstance(value, Tensor):
         return value, lambda t: t
     if isinstance(value, (tuple, list)):
-        index = _first_tensor_index(value)
-        if index is not None:
+        indices = [
+            i for i, v in enumerate(value) if isinstance(v, Tensor) and v.is_floating_point()
+        ]
+        if indices:
+            batch = value[indices[0]].shape[:1]
+            indices = [i for i in indices if value[i].dim() > 0 and value[i].shape[:1] == batch]
+        if not indices:
+            first = _first_tensor_index(value)
+            indices = [] if first is None else [first]
+        if indices:
 
-            def rebuild(t: Tensor) -> Any:
+            def rebuild(new: Any) -> Any:
                 items = list(value)
-                items[index] = t
+                for i, t in zip(indices, new if len(indices) > 1 else (new,)):
+                    items[i] = t
                 return type(value)(items) if isinstance(value, tuple) else items
 
-            return value[index], rebuild
+            selected = tuple(value[i] for i in indices)
+            return (selected if len(selected) > 1 else selected[0]), rebuild
     raise InterventionError(
         f"The {where} is a {type(value).__name__}, not a tensor (or a tuple holding one), so "
         "G-NDI cannot intervene on it. Pick a submodule whose output is a tensor."
@@ -224,10 +242,14 @@ def intervene(
                 new_args = apply(args, where)
                 return None if new_args is None else (new_args, kwargs)
             names = [k for k, v in kwargs.items() if isinstance(v, Tensor)]
+            floats = [k for k in names if kwargs[k].is_floating_point()]
+            names = floats or names[:1]
             if not names:
                 raise InterventionError(f"The {where} holds no tensor to intervene on.")
-            new_value = apply(kwargs[names[0]], where)
-            return None if new_value is None else (args, {**kwargs, names[0]: new_value})
+            new_values = apply(tuple(kwargs[k] for k in names), where)
+            if new_values is None:
+                return None
+            return args, {**kwargs, **dict(zip(names, new_values))}
 
         return output_hook, input_hook
 

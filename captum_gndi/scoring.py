@@ -172,6 +172,12 @@ def mean_activations(
         )
         _, activations = capture_activations(job)
         for i, h in enumerate(activations):
+            if isinstance(h, tuple):
+                raise ValueError(
+                    f"Layer '{names[i]}' has {len(h)} tensors (a joint intervention); mean "
+                    "baselines need one tensor per layer. Pass a tuple of layer baselines, one "
+                    "per tensor, or pick the submodule that produces the tensor you want."
+                )
             total = h.to(torch.float64).sum(0)
             if sums[i] is not None and sums[i].shape != total.shape:
                 raise ValueError(

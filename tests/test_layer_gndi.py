@@ -113,11 +113,16 @@ class TestHandComputedValues:
         )
         torch.testing.assert_close(scores, torch.tensor([24.0]).double())
 
-    def test_tuple_output_layer_intervenes_on_its_first_tensor(self):
+    def test_tuple_output_layer_is_intervened_on_jointly(self):
         model = multilayer(multi_input_module=True)
-        # multi_relu returns (relu(lin1), relu(lin1_alt)); element 0 = [0, 8, 8, 8] -> [24, 24]
-        scores = LayerGNDI(model, model.multi_relu).attribute(x_example(), target=0)
-        torch.testing.assert_close(scores, torch.tensor([24.0]).double())
+        # multi_relu returns (relu(lin1), relu(lin1_alt)), both used downstream: zeroing both
+        # moves output 0 by 48 (24 from each); the old first-tensor-only answer was 24
+        for mode in ("forward", "reverse"):
+            scores, delta = LayerGNDI(model, model.multi_relu).attribute(
+                x_example(), target=0, mode=mode, return_convergence_delta=True
+            )
+            torch.testing.assert_close(scores, torch.tensor([48.0]).double())
+            torch.testing.assert_close(delta, torch.zeros(1).double())  # linear after the relus
 
     def test_layer_whose_output_is_unused_scores_zero(self):
         model = multilayer(multi_input_module=True)  # model.relu runs but its output is dropped
