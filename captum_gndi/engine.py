@@ -40,7 +40,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -49,6 +49,7 @@ from torch import Tensor
 
 from .baselines import LayerBaseline, resolve_layer_baseline
 from .interventions import LayerSpec, intervene
+from .readouts import Readout
 from .runs import channel_count
 from .units import GRANULARITIES, ChannelDim, Granularity, UnitIndex, unit_index
 
@@ -434,32 +435,39 @@ def _record(
     return _Graph(output, [leaves[p] for p in positions], [deltas[p] for p in positions])
 
 
-def _unit_rows(start: int, stop: int, output: Tensor) -> Tensor:
-    """Rows ``start..stop-1`` of the identity, as ``(k, N, K)`` grad_outputs (no K x K)."""
-    n, k_total = output.shape
-    rows = output.new_zeros(stop - start, n, k_total)
-    rows[torch.arange(stop - start), :, torch.arange(start, stop)] = 1.0
-    return rows
+EXACT = Readout()
+"""Unit rows: one VJP per output dimension."""
+
+MAX_EFFECT_BYTES = 8 * 2**30
+"""Largest effect tensor reverse mode allocates (see :func:`_vjp_effects`)."""
 
 
 def _vjp_effects(
-    graph: _Graph, job: ScoringJob, units: Sequence[UnitIndex], chunk: int
+    graph: _Graph,
+    job: ScoringJob,
+    units: Sequence[UnitIndex],
+    chunk: int,
+    readout: Readout = EXACT,
 ) -> list[Tensor]:
-    """``sum <dy_k/dh, h - b>`` per unit, for every output column ``k``.
+    """``sum <v_k . dy/dh, h - b>`` per unit, for every row ``v_k`` of the readout.
 
-    The output columns are processed ``chunk`` at a time; each chunk's gradients are reduced to
-    units and written into a result allocated once, before the next chunk is computed, so memory
-    holds ``chunk`` gradients. (Keeping one small tensor per chunk instead pins the allocator's
-    heap between the large gradient buffers: +3.5 GiB over 384 output dimensions of MiniLM, see
+    Exact readouts use the unit rows (row k gives output column k); random probes use their
+    ``n_probes`` rows (:mod:`captum_gndi.readouts`). The rows are processed ``chunk`` at a time;
+    each chunk's gradients are reduced to units and written into a result allocated once,
+    before the next chunk is computed, so memory holds ``chunk`` gradients. (Keeping one small
+    tensor per chunk instead pins the allocator's heap between the large gradient buffers:
+    +3.5 GiB over 384 output dimensions of MiniLM, see
     docs/benchmarks.md.)
     """
     output = graph.output
-    n, k_total = output.shape
+    readout = replace(readout, output_shape=getattr(job.run, "output_shape", None))
+    k_total = readout.rows_count(output)
+    _check_effect_memory(graph, units, k_total, job)
     flat_leaves = [leaf for group in graph.leaves for leaf in group]
     effects: list[Tensor | None] = [None] * len(graph.leaves)
     for start in range(0, k_total, chunk):
         stop = min(start + chunk, k_total)
-        grad_outputs = _unit_rows(start, stop, output)
+        grad_outputs = readout.rows(start, stop, output.detach())
         grads = iter(
             _batched_grad(output, flat_leaves, grad_outputs, stop < k_total, job.grad_kwargs)
         )
@@ -475,6 +483,22 @@ def _vjp_effects(
                 effects[i] = part.new_empty((k_total, *part.shape[1:]))
             effects[i][start:stop] = part  # type: ignore[index]
     return effects  # type: ignore[return-value]
+
+
+def _check_effect_memory(
+    graph: _Graph, units: Sequence[UnitIndex], rows: int, job: ScoringJob
+) -> None:
+    """A clear error, before anything is allocated, for effects that cannot fit in memory."""
+    for index, deltas, label in zip(units, graph.deltas, job.labels):
+        per_row = deltas[0].shape[0] * max(math.prod(index.shape), 1)
+        size = rows * per_row * deltas[0].element_size()
+        if size > MAX_EFFECT_BYTES:
+            raise MemoryError(
+                f"The effects of layer '{label}' would take {size / 2**30:.1f} GiB ({rows} rows "
+                f"x {per_row} units x examples); split the batch (internal_batch_size= in "
+                "compute_gndi, or fewer examples per attribute call), use fewer n_probes, or a "
+                "coarser granularity (channel_dim, layer_mask) than 'unit'."
+            )
 
 
 def _batched_grad(
@@ -520,6 +544,7 @@ def reverse_effects(
     alphas: Sequence[float] = (1.0,),
     weights: Sequence[float] = (1.0,),
     vjp_chunk: int = VJP_CHUNK,
+    readout: Readout = EXACT,
 ) -> list[Tensor]:
     """G-NDI effects by reverse-mode AD (vector-Jacobian products).
 
@@ -534,9 +559,10 @@ def reverse_effects(
         alphas: Integration points on [0, 1].
         weights: Integration weights, one per point.
         vjp_chunk: Output dimensions per VJP (see :data:`VJP_CHUNK`); memory grows with it.
+        readout: The rows to project on (exact unit rows, or random probes).
 
     Returns:
-        One tensor per layer, ``(K, N, *unit_shape)``.
+        One tensor per layer, ``(K, N, *unit_shape)`` (``K = n_probes`` with probes).
 
     Examples:
         >>> effects = reverse_effects(job, granularity="channel")  # (K, N, C) per layer
@@ -544,14 +570,14 @@ def reverse_effects(
     graph = _record(job, range(len(job.layers)))
     units = [job.units(p, h, granularity) for p, h in enumerate(_graph_activations(graph))]
     if _first_order(alphas):
-        return [e * weights[0] for e in _vjp_effects(graph, job, units, vjp_chunk)]
+        return [e * weights[0] for e in _vjp_effects(graph, job, units, vjp_chunk, readout)]
     del graph
     cells = _cells(units, alphas, weights)
     columns = []
     layer = UnitIndex("layer", None, 1, ())
     for cell in cells:
         recorded = _record(job, [cell.position], cell, units)
-        columns.append(_vjp_effects(recorded, job, [layer], vjp_chunk)[0].T)  # (N, K)
+        columns.append(_vjp_effects(recorded, job, [layer], vjp_chunk, readout)[0].T)  # (N, K)
     return _assemble(units, cells, torch.stack(columns))
 
 
@@ -661,6 +687,7 @@ def compute_effects(
     alphas: Sequence[float] = (1.0,),
     weights: Sequence[float] = (1.0,),
     n_outputs: int | None = None,
+    readout: Readout = EXACT,
 ) -> tuple[list[Tensor], str]:
     """Dispatch to the forward or reverse engine.
 
@@ -676,6 +703,8 @@ def compute_effects(
         weights: Integration weights, one per point.
         n_outputs: The number of output dimensions K, if known (``auto`` runs a forward pass
             to find it otherwise).
+        readout: With random probes (``readout.n_probes``) only reverse mode applies: the
+            effects are the ``n_probes`` projections.
 
     Returns:
         The effects (one tensor per layer, K first) and the mode that was used.
@@ -688,15 +717,22 @@ def compute_effects(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     graph, units, chosen = None, None, mode
+    if readout.n_probes is not None:
+        if mode == "forward":
+            raise ValueError(
+                "n_probes are random vector-Jacobian products (reverse mode); use mode='reverse' "
+                "or 'auto', or drop n_probes for exact forward-mode effects."
+            )
+        mode = chosen = "reverse"
     if mode == "auto":
         graph, units, n_outputs, n_tangents = _probe(job, granularity, alphas, n_outputs)
         path = not _first_order(alphas)
         chosen = choose_mode(mode, len(job.layers), n_outputs, granularity, n_tangents, path)
     if chosen == "reverse":
         if graph is not None and units is not None:
-            effects = _vjp_effects(graph, job, units, VJP_CHUNK)
+            effects = _vjp_effects(graph, job, units, VJP_CHUNK, readout)
             return [e * weights[0] for e in effects], "reverse"
-        return reverse_effects(job, granularity, alphas, weights), "reverse"
+        return reverse_effects(job, granularity, alphas, weights, readout=readout), "reverse"
     graph = None  # free the probe's autograd graph before running forward mode
     try:
         return forward_effects(job, granularity, alphas, weights), "forward"

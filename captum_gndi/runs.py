@@ -191,8 +191,10 @@ def make_runner(
             )
         _check_target(output, target)
         selected = select_targets(output, target)
+        run.output_shape = tuple(selected.shape[1:])  # type: ignore[attr-defined]
         return selected.reshape(selected.shape[0], -1)
 
+    run.output_shape = None  # type: ignore[attr-defined]  # per-example shape, after a run
     return run
 
 

@@ -27,8 +27,8 @@ from .engine import (
     ScoringJob,
     capture_activations,
     compute_effects,
-    effect_norms,
 )
+from .readouts import make_readout
 from .runs import (
     DataTarget,
     Layers,
@@ -38,7 +38,6 @@ from .runs import (
     batch_target,
     check_data_target,
     check_inputs,
-    check_norm,
     chunks,
     iterate_batches,
     make_runner,
@@ -46,6 +45,7 @@ from .runs import (
     resolve_layers,
     warn_if_training,
 )
+from .units import ChannelDim
 
 __all__ = [
     "GNDIResult",
@@ -67,6 +67,8 @@ class GNDIResult:
         stderr: Standard error of the mean, same shapes.
         n_examples: Number of examples scored.
         settings: The options used (baseline, p, mode, granularity, n_steps).
+        probe_stderr: With random probes, the probes' own standard error of ``mean`` (the
+            Monte-Carlo error, separate from the spread over examples in ``stderr``).
     """
 
     names: list[str]
@@ -74,6 +76,7 @@ class GNDIResult:
     stderr: dict[str, Tensor]
     n_examples: int
     settings: dict[str, Any] = field(default_factory=dict)
+    probe_stderr: dict[str, Tensor] | None = None
 
     def layer_scores(self) -> dict[str, float]:
         """One number per layer (for channel/unit granularity: the sum over units)."""
@@ -279,8 +282,11 @@ def compute_gndi(
     n_steps: int = 1,
     method: str = "gausslegendre",
     internal_batch_size: int | None = None,
-    channel_dim: int = 1,
+    channel_dim: ChannelDim = 1,
     attribute_to_layer_input: bool = False,
+    layer_mask: Tensor | Mapping[str, Tensor] | None = None,
+    n_probes: int | None = None,
+    probe_seed: int = 0,
 ) -> GNDIResult:
     """G-NDI of every layer, averaged over a data set.
 
@@ -292,7 +298,9 @@ def compute_gndi(
             dotted names.
         baseline: ``"zero"``, ``"mean"`` (a first pass computes each layer's data-set mean
             activation), a number, or a dict name -> layer baseline.
-        norm: ``"l1"``, ``"l2"``, ``"linf"`` or a number p >= 1.
+        norm: ``"l1"``, ``"l2"``, ``"linf"``, a number p >= 1, or ``"fisher"`` (the Fisher
+            norm of the softmax over the output's last dimension; see
+            :mod:`captum_gndi.readouts`).
         target: ``None`` (norm over the whole output), an int class index, ``"label"`` (each
             example's label from the batch) or ``"predicted"`` (the model's top class).
         mode: ``"auto"``, ``"forward"`` or ``"reverse"``.
@@ -305,8 +313,15 @@ def compute_gndi(
         method: Captum approximation method for ``n_steps > 1``.
         internal_batch_size: Split each batch into chunks of at most this many examples (the
             scores do not change; peak memory shrinks).
-        channel_dim: Activation dimension holding channels.
+        channel_dim: Activation dimension(s) holding the units of ``"channel"`` granularity
+            (a tuple such as ``(1, 2)`` for position x head).
         attribute_to_layer_input: Intervene on layer inputs instead of outputs.
+        layer_mask: Groups (``"group"`` granularity, implied): one integer mask for every
+            layer, or a dict name -> mask (see :meth:`LayerGNDI.attribute`).
+        n_probes: Estimate the squared L2 / Fisher norm from this many random VJPs per batch
+            (see :mod:`captum_gndi.readouts`); the probes' own standard error of the mean
+            scores is in ``result.probe_stderr``.
+        probe_seed: Seed of the probes (batch ``i`` uses ``probe_seed + i``).
 
     Returns:
         A :class:`GNDIResult` with per-layer mean, standard error and ranking. Under
@@ -323,7 +338,7 @@ def compute_gndi(
         >>> torch.distributed.init_process_group("nccl")
         >>> result = compute_gndi(model, loader, layers)  # same numbers on every rank
     """
-    p = check_norm(norm)
+    readout = make_readout(norm, n_probes, probe_seed)
     warn_if_training(model)
     named = resolve_layers(model, layers)
     names, specs = list(named), list(named.values())
@@ -335,9 +350,15 @@ def compute_gndi(
     baselines = [resolved[n] for n in names]
     alphas, weights = ((1.0,), (1.0,)) if n_steps == 1 else integration_points(n_steps, method)
 
+    masks = _layer_masks(layer_mask, names)
+    if masks is not None:
+        granularity = "group"
     moments = RunningMoments(names, device)
+    probe_moments = RunningMoments(names, device)
     used_modes: set[str] = set()
-    for inputs, labels in iterate_batches(data, device, max_batches, progress, "G-NDI"):
+    for index, (inputs, labels) in enumerate(
+        iterate_batches(data, device, max_batches, progress, "G-NDI")
+    ):
         for part, part_labels in chunks(inputs, labels, internal_batch_size):
             check_inputs(part)
             job = ScoringJob(
@@ -347,19 +368,54 @@ def compute_gndi(
                 baselines=baselines,
                 attribute_to_layer_input=attribute_to_layer_input,
                 channel_dim=channel_dim,
+                layer_masks=masks,
             )
-            effects, used = compute_effects(job, mode, granularity, alphas, weights)
+            readout.seed = probe_seed + index
+            effects, used = compute_effects(
+                job, mode, granularity, alphas, weights, readout=readout
+            )
             used_modes.add(used)
             mode = used  # decide (and warn about a fallback) once, not on every batch
+            reference = None
+            if readout.fisher and readout.n_probes is None:
+                with torch.no_grad():
+                    reference = job.run()
+                readout.output_shape = job.run.output_shape  # type: ignore[attr-defined]
             for name, effect in zip(names, effects):
-                moments.add(name, effect_norms(effect, p))
+                moments.add(name, readout.scores(effect, reference))
+                se = readout.probe_stderr(effect)
+                if se is not None:
+                    probe_moments.add(name, se.pow(2))
     mean, stderr, n = moments.reduce()
+    probe_stderr = None
+    if n_probes is not None:
+        # per-example probe variances add; the mean over n examples has variance sum / n^2,
+        # and the score (a square root) has stderr / (2 score) by the delta method
+        variances, _, _ = probe_moments.reduce()
+        probe_stderr = {
+            name: (variances[name] / n).sqrt() / (2 * mean[name].clamp_min(1e-30)) for name in names
+        }
     settings = {
         "baseline": baseline_label(baseline),
-        "p": p,
+        "p": readout.name if readout.fisher else readout.p,
         "target": target,
         "granularity": granularity,
         "n_steps": n_steps,
         "mode": "/".join(sorted(used_modes)) or mode,
     }
-    return GNDIResult(names, mean, stderr, n, settings)
+    if n_probes is not None:
+        settings["n_probes"] = n_probes
+    return GNDIResult(names, mean, stderr, n, settings, probe_stderr)
+
+
+def _layer_masks(
+    layer_mask: Tensor | Mapping[str, Tensor] | None, names: list[str]
+) -> list[Tensor] | None:
+    if layer_mask is None:
+        return None
+    if isinstance(layer_mask, Tensor):
+        return [layer_mask] * len(names)
+    missing = [n for n in names if n not in layer_mask]
+    if missing:
+        raise ValueError(f"layer_mask dict has no entry for layers {missing}.")
+    return [layer_mask[n] for n in names]
