@@ -31,6 +31,7 @@ __all__ = [
     "CUSTOM_BASELINE",
     "DataTarget",
     "Layers",
+    "Runner",
     "RunningMoments",
     "all_reduce",
     "baseline_label",
@@ -153,7 +154,7 @@ def make_runner(
     inputs: tuple[Tensor, ...],
     forward_args: Any,
     target: TargetType,
-) -> Callable[[], Tensor]:
+) -> Runner:
     """A zero-argument function running the model and returning the selected output as (N, K).
 
     Args:
@@ -171,8 +172,32 @@ def make_runner(
         >>> run().shape  # (N, 1)
     """
 
-    def run() -> Tensor:
-        output = run_forward(forward_func, inputs, forward_args)
+    return Runner(forward_func, inputs, forward_args, target)
+
+
+class Runner:
+    """The zero-argument runner :func:`make_runner` returns (a class, not a closure that names
+    itself, so that it holds no reference cycle and a batch is freed as soon as it is dropped).
+
+    Attributes:
+        output_shape: The per-example shape of the selected output at the last call.
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        inputs: tuple[Tensor, ...],
+        forward_args: Any,
+        target: TargetType,
+    ) -> None:
+        self.forward_func, self.inputs = forward_func, inputs
+        self.forward_args, self.target = forward_args, target
+        self.output_shape: tuple[int, ...] | None = None
+
+    def __call__(self) -> Tensor:
+        """Run the model; return the target-selected output as ``(N, K)``."""
+        inputs, target = self.inputs, self.target
+        output = run_forward(self.forward_func, inputs, self.forward_args)
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"forward_func returned a {type(output).__name__}; G-NDI needs a tensor of "
@@ -191,11 +216,8 @@ def make_runner(
             )
         _check_target(output, target)
         selected = select_targets(output, target)
-        run.output_shape = tuple(selected.shape[1:])  # type: ignore[attr-defined]
+        self.output_shape = tuple(selected.shape[1:])
         return selected.reshape(selected.shape[0], -1)
-
-    run.output_shape = None  # type: ignore[attr-defined]  # per-example shape, after a run
-    return run
 
 
 def channel_count(shape: Sequence[int], channel_dim: int, label: str = "layer") -> int:

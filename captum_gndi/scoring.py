@@ -380,7 +380,7 @@ def compute_gndi(
             if readout.fisher and readout.n_probes is None:
                 with torch.no_grad():
                     reference = job.run()
-                readout.output_shape = job.run.output_shape  # type: ignore[attr-defined]
+                readout.output_shape = getattr(job.run, "output_shape", None)
             for name, effect in zip(names, effects):
                 moments.add(name, readout.scores(effect, reference))
                 se = readout.probe_stderr(effect)
