@@ -17,10 +17,10 @@ if [[ $STEP == all || $STEP == resnet18 ]]; then
       experiments/train_resnet18_paper.py --data-dir $SHARED/cifar10 --out runs/resnet18_paper.pt
   for baseline in zero mean; do
     $RUN validate --model cifar-resnet18 --weights runs/resnet18_paper.pt $CIFAR --limit 256 \
-        --granularity branch --baseline $baseline --n-steps 4 --quiet \
+        --kind branch --baseline $baseline --n-steps 4 --quiet \
         --out runs/reports/resnet18-branch-$baseline
     $RUN validate --model cifar-resnet18 --weights runs/resnet18_paper.pt $CIFAR --limit 128 \
-        --granularity conv --n-channels 300 --baseline $baseline --n-steps 4 \
+        --kind conv --n-channels 300 --baseline $baseline --n-steps 4 \
         --damage $CHANNEL_DAMAGE --quiet --out runs/reports/resnet18-channel-$baseline
   done
 fi
@@ -34,11 +34,11 @@ if [[ $STEP == all || $STEP == resnet20 || $STEP == resnet56 ]]; then
     steps=$([[ $depth == 20 ]] && echo 8 || echo 4)
     for baseline in zero mean; do
       $RUN validate --model cifar-resnet$depth --weights "$weights" $CIFAR --limit $limit \
-          --granularity branch --baseline $baseline --n-steps $steps --quiet \
+          --kind branch --baseline $baseline --n-steps $steps --quiet \
           --out runs/reports/resnet$depth-branch-$baseline
     done
     $RUN validate --model cifar-resnet$depth --weights "$weights" $CIFAR --limit 128 \
-        --granularity conv --n-channels 300 --baseline zero --n-steps 4 \
+        --kind conv --n-channels 300 --baseline zero --n-steps 4 \
         --damage $CHANNEL_DAMAGE --quiet --out runs/reports/resnet$depth-channel-zero
   done
 fi
@@ -46,8 +46,8 @@ fi
 if [[ $STEP == all || $STEP == minilm ]]; then
   # (3) all-MiniLM-L6-v2 on 200 sentence-polarity snippets: sublayers and whole blocks
   TEXT="--data sentences --data-dir $SHARED/text/sentence_polarity.zip --limit 200 --batch-size 50"
-  $RUN validate --model minilm $TEXT --granularity attention,mlp --n-steps 4 --quiet \
+  $RUN validate --model minilm $TEXT --kind attention,mlp --n-steps 4 --quiet \
       --out runs/reports/minilm-sublayers-zero
-  $RUN validate --model minilm $TEXT --granularity block --n-steps 4 --quiet \
+  $RUN validate --model minilm $TEXT --kind block --n-steps 4 --quiet \
       --out runs/reports/minilm-blocks-zero
 fi

@@ -14,7 +14,9 @@ from torch import nn
 from captum_gndi import LayerCall, LayerGNDI
 from captum_gndi.adapters import (
     GRANULARITIES,
+    KINDS,
     LayerNotFoundError,
+    UnsupportedKind,
     describe_layers,
     find_layers,
     get_layer,
@@ -92,10 +94,11 @@ def test_generic_meanings_tell_branch_from_shortcut(net):
     assert "projection shortcut of blocks.0" in meaning["blocks.0.shortcut"]
 
 
-def test_invalid_granularity_lists_the_valid_ones(net):
+def test_invalid_kind_lists_the_valid_ones(net):
     with pytest.raises(ValueError) as info:
         find_layers(net, "layers")
     assert all(repr(g) in str(info.value) for g in GRANULARITIES)
+    assert all(repr(k) in str(info.value) for k in KINDS)
 
 
 def test_generic_walk_cannot_find_branches(net):
@@ -124,8 +127,8 @@ def test_get_layer_unknown_name_suggests_close_matches(net):
 
 
 def test_register_adapter_for_a_custom_class(net):
-    def stages(model: TinyNet, granularity: str) -> dict[str, nn.Module]:
-        if granularity in ("auto", "block"):
+    def stages(model: TinyNet, kind: str) -> dict[str, nn.Module]:
+        if kind in ("auto", "block"):
             return {f"blocks.{i}": block for i, block in enumerate(model.blocks)}
         return {}
 
@@ -212,3 +215,41 @@ def test_importing_the_package_imports_neither_torchvision_nor_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_deprecated_granularity_keyword_still_works_with_a_warning(net):
+    from captum_gndi.adapters import find_points
+    from captum_gndi.adapters.generic import check_granularity, generic_points
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the generic-walk warning
+        new = find_layers(net, kind="block")
+        with pytest.warns(DeprecationWarning, match=r"find_layers\(granularity=\.\.\.\) is"):
+            old = find_layers(net, granularity="block")
+        assert old == new == find_layers(net, "block")
+        with pytest.warns(DeprecationWarning, match="use kind="):
+            rows = describe_layers(net, granularity="conv", print_table=False)
+        assert [r["name"] for r in rows] == list(find_layers(net, kind="conv"))
+        with pytest.warns(DeprecationWarning, match="find_points"):
+            points = find_points(net, granularity="linear")
+        assert [p.name for p in points] == ["head"]
+        with pytest.warns(DeprecationWarning, match="generic_points"):
+            assert [p.name for p in generic_points(net, granularity="linear")] == ["head"]
+        with pytest.raises(TypeError, match="both kind='conv' and granularity='block'"):
+            find_layers(net, kind="conv", granularity="block")
+    with pytest.warns(DeprecationWarning, match="check_kind"):
+        assert check_granularity("branch") == "branch"
+    assert GRANULARITIES == KINDS
+
+
+def test_the_warning_points_at_the_caller(net):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        find_layers(net, granularity="conv")
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert len(deprecations) == 1 and deprecations[0].filename == __file__
+
+
+def test_unsupported_kind_is_a_value_error(net):
+    with pytest.warns(UserWarning), pytest.raises(UnsupportedKind, match="kind='mlp'"):
+        find_layers(net, "mlp")

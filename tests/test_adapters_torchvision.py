@@ -137,7 +137,7 @@ def test_auto_points_and_gndi_on_each(family):
 
 
 @pytest.mark.parametrize(
-    ("family", "granularity", "count", "first", "last"),
+    ("family", "kind", "count", "first", "last"),
     [
         ("resnet18", "block", 8, "layer1.0", "layer4.1"),
         ("resnet18", "conv", 20, "conv1", "layer4.1.conv2"),
@@ -156,8 +156,8 @@ def test_auto_points_and_gndi_on_each(family):
         ("convnext_tiny", "block", 18, "features.1.0", "features.7.2"),
     ],
 )
-def test_other_granularities(family, granularity, count, first, last):
-    names = list(find_layers(build(family), granularity))
+def test_other_kinds(family, kind, count, first, last):
+    names = list(find_layers(build(family), kind))
     assert (len(names), names[0], names[-1]) == (count, first, last)
 
 
@@ -169,7 +169,7 @@ def test_wide_resnet_and_resnext_are_bottleneck_resnets(builder):
 
 
 @pytest.mark.parametrize(
-    ("family", "granularity", "message"),
+    ("family", "kind", "message"),
     [
         ("vgg11", "attention", "VGG has no attention"),
         ("vgg11", "block", "plain stack"),
@@ -177,9 +177,9 @@ def test_wide_resnet_and_resnext_are_bottleneck_resnets(builder):
         ("resnet18", "mlp", "Valid for this model: 'auto', 'block', 'branch', 'conv', 'linear'"),
     ],
 )
-def test_granularity_a_family_lacks(family, granularity, message):
+def test_kind_a_family_lacks(family, kind, message):
     with pytest.raises(ValueError, match=message):
-        find_layers(build(family), granularity)
+        find_layers(build(family), kind)
 
 
 def _shortcut_of(family: str, block: nn.Module) -> nn.Module:
@@ -290,3 +290,15 @@ def test_describe_layers_with_example_inputs(capsys):
         "input)"
     )
     assert "layer4.1.bn2  BatchNorm2d  (1, 512, 1, 1)" in capsys.readouterr().out
+
+
+def test_deprecated_granularity_keyword_of_the_torchvision_adapter():
+    from captum_gndi.adapters.torchvision import torchvision_points
+
+    model = build("resnet18")
+    with pytest.warns(DeprecationWarning, match="use kind="):
+        old = find_layers(model, granularity="block")
+    assert old == find_layers(model, kind="block") == find_layers(model, "block")
+    with pytest.warns(DeprecationWarning, match=r"torchvision_points\(granularity=\.\.\.\)"):
+        points = torchvision_points(model, granularity="branch")
+    assert [p.name for p in points] == [p.name for p in torchvision_points(model, "branch")]

@@ -140,7 +140,7 @@ def _base_prefix(family: Family) -> str:
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_points_per_granularity(name):
+def test_points_per_kind(name):
     family = FAMILIES[name]
     wrapper = _wrapped(family)
     prefix = _base_prefix(family)
@@ -152,9 +152,9 @@ def test_points_per_granularity(name):
         "branch": [attention[0], mlp[0], attention[1], mlp[1]],
         "block": [prefix + family.block.format(i=i) for i in range(2)],
     }
-    for granularity, names in expected.items():
-        layers = find_layers(wrapper.model, granularity)
-        assert list(layers) == names, granularity
+    for kind, names in expected.items():
+        layers = find_layers(wrapper.model, kind)
+        assert list(layers) == names, kind
         assert all(layers[n] is get_layer(wrapper.model, n) for n in names)
     # the wrapper exposes the same modules under "model."
     assert find_layers(wrapper) == {f"model.{k}": v for k, v in find_layers(wrapper.model).items()}

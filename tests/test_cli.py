@@ -1,5 +1,5 @@
-"""The captum-gndi command line: help, describe, score/validate on a tiny model, and one-line
-errors with exit status 2 for bad input."""
+"""The captum-gndi command line: help, describe, score/validate on a tiny model, one-line
+errors with exit status 2 for bad input, and the deprecated flag spellings."""
 
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ def test_python_m_help_explains_commands_with_examples():
 
 
 def test_describe_lists_branches(capsys):
-    assert main(["describe", "--model", "cifar-resnet20", "--granularity", "branch"]) == 0
+    assert main(["describe", "--model", "cifar-resnet20", "--kind", "branch"]) == 0
     out = capsys.readouterr().out
     assert "layer1.0.bn2" in out and "layer3.2.bn2" in out and "(1, 64, 8, 8)" in out
-    assert main(["describe", "--model", "torchvision:resnet18", "--granularity", "block"]) == 0
+    assert main(["describe", "--model", "torchvision:resnet18", "--kind", "block"]) == 0
     assert "layer4.1" in capsys.readouterr().out
 
 
@@ -43,7 +43,7 @@ def test_describe_lists_branches(capsys):
     [
         (["describe", "--model", "resnet-9000"], "unknown model 'resnet-9000'"),
         (["describe", "--model", "cifar-resnet20", "--weights", "/no/such.th"], "not found"),
-        (["describe", "--model", "cifar-resnet20", "--granularity", "sideways"], "sideways"),
+        (["describe", "--model", "cifar-resnet20", "--kind", "sideways"], "sideways"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(argv, message, capsys):
@@ -71,19 +71,99 @@ def digits_weights(tmp_path):
 
 def test_score_and_validate_on_digits(digits_weights, tmp_path, capsys):
     common = ["--model", "digits-resnet", "--weights", digits_weights, "--limit", "24",
-              "--granularity", "branch", "--quiet"]  # fmt: skip
+              "--kind", "branch", "--quiet"]  # fmt: skip
     out_dir = tmp_path / "scores"
-    assert main(["score", *common, "--methods", "gndi,depth", "--out", str(out_dir)]) == 0
+    assert main(["score", *common, "--criteria", "gndi,depth", "--out", str(out_dir)]) == 0
     printed = capsys.readouterr().out
     assert "layer4.1.bn2" in printed and (out_dir / "scores.csv").is_file()
     rows = (out_dir / "scores.csv").read_text().splitlines()
     assert rows[0] == "unit,position,gndi,depth" and len(rows) == 9
 
     report_dir = tmp_path / "report"
-    argv = ["validate", *common, "--methods", "gndi,activation_change,depth", "--n-boot", "50",
+    argv = ["validate", *common, "--criteria", "gndi,activation_change,depth", "--n-boot", "50",
             "--damage", "output_delta,accuracy_drop", "--out", str(report_dir)]  # fmt: skip
     assert main(argv) == 0
     assert (report_dir / "report.md").is_file() and (report_dir / "units.csv").is_file()
     assert "report written to" in capsys.readouterr().out
     assert main([*argv[:-2], "--damage", "loudness", "--out", str(report_dir)]) == 2
     assert "loudness" in _error_line(capsys)
+
+
+# ------------------------------------------------------------------------------------------------
+# one word per concept, and the old spellings (accepted for one release, with a warning)
+
+
+@pytest.mark.parametrize("command", ["describe", "score", "validate", "demo", "prune"])
+def test_help_uses_one_word_per_concept(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for old in ("--methods", "--level", "--criterion ", "method"):
+        assert old not in text, old
+    if command in ("describe", "score", "validate"):
+        assert "--kind" in text
+    if command in ("score", "validate"):
+        assert "--granularity {layer,channel}" in text and "--criteria" in text
+    if command == "prune":
+        assert "--criteria" in text
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("captum-gndi: warning:")]
+
+
+def test_deprecated_granularity_of_describe_is_the_kind(capsys):
+    assert main(["describe", "--model", "cifar-resnet20", "--granularity", "branch"]) == 0
+    captured = capsys.readouterr()
+    assert "layer1.0.bn2" in captured.out and "layer3.2.bn2" in captured.out
+    (warning,) = _warnings(captured.err)
+    assert "--granularity is deprecated; use --kind" in warning
+    assert main(["describe", "--model", "cifar-resnet20", "--granularity", "sideways"]) == 2
+    err = capsys.readouterr().err
+    assert len(_warnings(err)) == 1 and "unknown --kind 'sideways'" in err
+
+
+def test_deprecated_spellings_of_score_give_the_same_table(digits_weights, capsys):
+    base = ["score", "--model", "digits-resnet", "--weights", digits_weights, "--limit", "24",
+            "--quiet"]  # fmt: skip
+    assert main([*base, "--kind", "branch", "--criteria", "gndi,depth"]) == 0
+    new = capsys.readouterr()
+    assert new.err == ""
+    old_argv = [*base, "--granularity", "branch", "--methods", "gndi,depth", "--level", "layer"]
+    assert main(old_argv) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out
+    warnings = _warnings(old.err)
+    assert len(warnings) == 3, old.err
+    assert "use --kind branch" in warnings[0]
+    assert "--methods is deprecated; use --criteria" in warnings[1]
+    assert "--level is deprecated; use --granularity" in warnings[2]
+
+
+def test_level_channel_and_new_granularity_channel_agree(digits_weights, capsys):
+    base = ["score", "--model", "digits-resnet", "--weights", digits_weights, "--limit", "16",
+            "--kind", "branch", "--criteria", "depth", "--quiet"]  # fmt: skip
+    assert main([*base, "--granularity", "channel"]) == 0
+    new = capsys.readouterr().out
+    assert "layer1.0.bn2[0]" in new and "layer4.1.bn2[0]" in new
+    assert main([*base, "--level", "channel"]) == 0
+    old = capsys.readouterr()
+    assert old.out == new and len(_warnings(old.err)) == 1
+
+
+def test_unknown_granularity_is_one_line(digits_weights, capsys):
+    argv = ["score", "--model", "digits-resnet", "--weights", digits_weights,
+            "--granularity", "neuron", "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert "unknown --granularity 'neuron'" in _error_line(capsys)
+
+
+def test_console_script_entry_point_is_the_package_main():
+    from importlib.metadata import entry_points
+
+    import captum_gndi.cli
+
+    scripts = {e.name: e for e in entry_points(group="console_scripts")}
+    if "captum-gndi" in scripts:  # installed (editable or not)
+        assert scripts["captum-gndi"].load() is captum_gndi.cli.main

@@ -1,6 +1,6 @@
 """Where to intervene: intervention points of common model families, by name.
 
-:func:`find_layers` returns a model's intervention points at a chosen granularity (residual
+:func:`find_layers` returns a model's intervention points of a chosen ``kind`` (residual
 blocks, residual branches, attention/MLP sublayers, convolutions, linear layers),
 :func:`describe_layers` prints them with what an intervention there means, :func:`get_layer`
 resolves a dotted name, and :func:`register_adapter` teaches all three a model class of your
@@ -9,7 +9,15 @@ own. torchvision and transformers are imported only when a model from them is pa
 """
 
 from .describe import describe_layers
-from .generic import GRANULARITIES, LayerNotFoundError, Point, get_layer
+from .generic import (
+    GRANULARITIES,
+    KINDS,
+    LayerNotFoundError,
+    Point,
+    UnsupportedKind,
+    check_kind,
+    get_layer,
+)
 from .registry import Adapter, find_layers, find_points, register_adapter, unregister_adapter
 from .transformers import (
     ModelLogits,
@@ -21,11 +29,14 @@ from .transformers import (
 
 __all__ = [
     "GRANULARITIES",
+    "KINDS",
     "Adapter",
     "LayerNotFoundError",
     "ModelLogits",
     "Point",
     "SentenceEmbedding",
+    "UnsupportedKind",
+    "check_kind",
     "describe_layers",
     "eager_attention",
     "find_layers",

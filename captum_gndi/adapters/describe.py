@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..interventions import InterventionError, LayerCall, intervene
-from .generic import Point, module_of
+from .generic import Point, kind_argument, module_of
 from .registry import find_points
 
 __all__ = ["describe_layers"]
@@ -61,20 +61,23 @@ def _shape_text(row: dict[str, Any]) -> str:
 
 def describe_layers(
     model: nn.Module,
-    granularity: str = "auto",
+    kind: str = "auto",
     example_inputs: Any = None,
     print_table: bool = True,
+    *,
+    granularity: str | None = None,
 ) -> list[dict[str, Any]]:
     """List a model's intervention points with their type, output shape and meaning.
 
     Args:
         model: The model (see :func:`~captum_gndi.find_layers`).
-        granularity: Which points, as in :func:`~captum_gndi.find_layers`.
+        kind: Which points, as in :func:`~captum_gndi.find_layers`.
         example_inputs: Optional inputs for one forward pass (in eval mode, without gradients;
             the modules' modes are restored afterwards) that records each point's output
             shape: a tensor, a tuple/list of positional inputs, or a dict of keyword inputs
             (e.g. a Hugging Face tokenizer's output).
         print_table: Print an aligned table.
+        granularity: Deprecated name of ``kind`` (kept for one release; warns).
 
     Returns:
         One dict per point, in forward order, with ``name``, ``type`` (the module class),
@@ -89,7 +92,7 @@ def describe_layers(
         layer1.0.bn2  BatchNorm2d  (1, 64, 16, 16)  zeroing this skips block layer1.0 (...)
         ...
     """
-    points = find_points(model, granularity)
+    points = find_points(model, kind_argument(kind, granularity, "describe_layers"))
     shapes: list[tuple[int, ...] | None] = [None] * len(points)
     calls: list[int | None] = [None] * len(points)
     if example_inputs is not None:

@@ -1,4 +1,4 @@
-"""Pieces shared by all adapters: granularities, intervention points, the generic walk, names.
+"""Pieces shared by all adapters: layer kinds, intervention points, the generic walk, names.
 
 An adapter turns a model into an ordered list of :class:`Point` objects: a name, the module (or
 :class:`~captum_gndi.LayerCall`) to intervene on, and a plain-words meaning of zeroing it. This
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -20,18 +21,25 @@ from ..interventions import LayerCall, LayerSpec
 
 __all__ = [
     "GRANULARITIES",
+    "KINDS",
     "LayerNotFoundError",
     "Point",
     "UnsupportedGranularity",
+    "UnsupportedKind",
     "check_granularity",
+    "check_kind",
     "generic_points",
     "get_layer",
     "is_linear",
+    "kind_argument",
     "leaf_points",
 ]
 
-GRANULARITIES = ("auto", "block", "branch", "attention", "mlp", "conv", "linear")
-"""Valid ``granularity`` values of :func:`~captum_gndi.find_layers`."""
+KINDS = ("auto", "block", "branch", "attention", "mlp", "conv", "linear")
+"""Valid ``kind`` values of :func:`~captum_gndi.find_layers`: which layers to intervene on."""
+
+GRANULARITIES = KINDS
+"""Deprecated name of :data:`KINDS` (the engine's ``granularity`` is layer/channel/unit)."""
 
 SHORTCUT_ATTRIBUTES = ("downsample", "shortcut")
 """Attributes that mark a module as a residual block in the generic walk."""
@@ -39,8 +47,12 @@ SHORTCUT_ATTRIBUTES = ("downsample", "shortcut")
 KILLS_DOWNSTREAM = "zeroing this kills everything downstream (no shortcut bypasses it)"
 
 
-class UnsupportedGranularity(ValueError):
-    """Raised by an adapter for a granularity its model family does not have."""
+class UnsupportedKind(ValueError):
+    """Raised by an adapter for a kind of layer its model family does not have."""
+
+
+UnsupportedGranularity = UnsupportedKind
+"""Deprecated name of :class:`UnsupportedKind`."""
 
 
 class LayerNotFoundError(KeyError, ValueError):
@@ -69,27 +81,75 @@ class Point:
     meaning: str
 
 
-def check_granularity(granularity: str) -> str:
-    """Validate a ``granularity`` argument.
+def check_kind(kind: str) -> str:
+    """Validate a ``kind`` argument (which layers :func:`~captum_gndi.find_layers` returns).
 
     Args:
-        granularity: The requested granularity.
+        kind: The requested kind of layer.
 
     Returns:
-        The granularity, unchanged.
+        The kind, unchanged.
 
     Raises:
-        ValueError: If it is not one of :data:`GRANULARITIES` (the message lists them).
+        ValueError: If it is not one of :data:`KINDS` (the message lists them).
 
     Examples:
-        >>> check_granularity("branch")
+        >>> check_kind("branch")
         'branch'
     """
-    if granularity not in GRANULARITIES:
-        raise ValueError(
-            f"granularity must be one of {', '.join(map(repr, GRANULARITIES))}; "
-            f"got {granularity!r}."
-        )
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}.")
+    return kind
+
+
+def check_granularity(granularity: str) -> str:
+    """Deprecated name of :func:`check_kind` (kept for one release).
+
+    Args:
+        granularity: The requested kind of layer.
+
+    Returns:
+        The kind, unchanged.
+
+    Raises:
+        ValueError: If it is not one of :data:`KINDS`.
+    """
+    warnings.warn(
+        "captum_gndi.adapters.check_granularity is deprecated; use check_kind.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return check_kind(granularity)
+
+
+def kind_argument(kind: str, granularity: str | None, function: str) -> str:
+    """Resolve the deprecated ``granularity=`` keyword of an adapter function into ``kind``.
+
+    Args:
+        kind: The ``kind`` argument as passed (``"auto"`` when left out).
+        granularity: The deprecated ``granularity`` keyword, ``None`` when not passed.
+        function: The function's name, for the warning.
+
+    Returns:
+        ``granularity`` (after a ``DeprecationWarning``) when it was passed, else ``kind``.
+
+    Raises:
+        TypeError: When both a non-default ``kind`` and ``granularity`` were passed.
+
+    Examples:
+        >>> kind_argument("auto", "branch", "find_layers")  # warns
+        'branch'
+    """
+    if granularity is None:
+        return kind
+    if kind != "auto":
+        raise TypeError(f"{function}() got both kind={kind!r} and granularity={granularity!r}.")
+    warnings.warn(
+        f"{function}(granularity=...) is deprecated; use kind=... (same values: "
+        f"{', '.join(KINDS)}). The engine's granularity is layer/channel/unit.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return granularity
 
 
@@ -176,29 +236,33 @@ def _outermost(named: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]
     return kept
 
 
-def generic_points(model: nn.Module, granularity: str) -> list[Point]:
+def generic_points(
+    model: nn.Module, kind: str = "auto", *, granularity: str | None = None
+) -> list[Point]:
     """The generic walk, for architectures that no adapter knows.
 
     ``"conv"``/``"linear"`` give leaf layers, ``"auto"`` both, and ``"block"`` the modules with
     a ``downsample`` or ``shortcut`` attribute (the usual mark of a residual block). Where a
     residual branch ends, or which modules are attention and MLP sublayers, cannot be read off
-    the module tree, so those granularities need an adapter.
+    the module tree, so those kinds need an adapter.
 
     Args:
         model: The model.
-        granularity: One of :data:`GRANULARITIES`.
+        kind: One of :data:`KINDS`.
+        granularity: Deprecated name of ``kind`` (kept for one release).
 
     Returns:
         The points in ``named_modules`` order.
 
     Raises:
-        UnsupportedGranularity: For ``"branch"``, ``"attention"``, ``"mlp"``, or ``"block"``
-            when no module has a shortcut attribute.
+        UnsupportedKind: For ``"branch"``, ``"attention"``, ``"mlp"``, or ``"block"`` when no
+            module has a shortcut attribute.
 
     Examples:
         >>> [p.name for p in generic_points(nn.Sequential(nn.Linear(2, 2)), "linear")]
         ['0']
     """
+    kind = kind_argument(kind, granularity, "generic_points")
     blocks = _outermost(
         [
             (name, module)
@@ -206,19 +270,19 @@ def generic_points(model: nn.Module, granularity: str) -> list[Point]:
             if name and any(hasattr(module, attr) for attr in SHORTCUT_ATTRIBUTES)
         ]
     )
-    if granularity in ("conv", "linear", "auto"):
+    if kind in ("conv", "linear", "auto"):
         shortcuts = [
             (name, [a for a in SHORTCUT_ATTRIBUTES if isinstance(getattr(m, a, None), nn.Module)])
             for name, m in blocks
         ]
         contexts = branch_contexts(shortcuts)
-        kinds = ("conv", "linear") if granularity == "auto" else (granularity,)
-        points = [p for kind in kinds for p in leaf_points(model, kind, contexts)]
+        kinds = ("conv", "linear") if kind == "auto" else (kind,)
+        points = [p for leaf in kinds for p in leaf_points(model, leaf, contexts)]
         order = {name: i for i, (name, _) in enumerate(model.named_modules())}
         return sorted(points, key=lambda p: order[p.name])
-    if granularity == "block":
+    if kind == "block":
         if not blocks:
-            raise UnsupportedGranularity(
+            raise UnsupportedKind(
                 "the generic walk found no residual blocks (modules with a "
                 f"{' or '.join(map(repr, SHORTCUT_ATTRIBUTES))} attribute)"
             )
@@ -226,8 +290,8 @@ def generic_points(model: nn.Module, granularity: str) -> list[Point]:
             Point(name, module, "block", f"zeroing this kills everything downstream of {name}")
             for name, module in blocks
         ]
-    raise UnsupportedGranularity(
-        f"the generic walk cannot tell {granularity!r} points from the module tree; register "
+    raise UnsupportedKind(
+        f"the generic walk cannot tell {kind!r} points from the module tree; register "
         "an adapter for this model class with captum_gndi.register_adapter"
     )
 

@@ -17,11 +17,12 @@ from torch import nn
 
 from ..interventions import LayerCall, LayerSpec
 from .generic import (
-    GRANULARITIES,
+    KINDS,
     Point,
-    UnsupportedGranularity,
-    check_granularity,
+    UnsupportedKind,
+    check_kind,
     generic_points,
+    kind_argument,
 )
 from .torchvision import is_torchvision_model, torchvision_points
 from .transformers import is_transformers_model, transformers_points
@@ -40,7 +41,7 @@ class Adapter:
     Attributes:
         name: Shown in error messages.
         match: ``match(model) -> bool``: whether this adapter handles the model.
-        find: ``find(model, granularity)`` returning ``{name: layer}`` in forward order (or
+        find: ``find(model, kind)`` returning ``{name: layer}`` in forward order (or
             :class:`~captum_gndi.adapters.generic.Point` objects; ``None`` passes the model on
             to the next adapter).
     """
@@ -88,10 +89,10 @@ def register_adapter(match: Match, find_fn: FindFn, *, name: str | None = None) 
         match: Which models the adapter handles: a class or tuple of classes (``isinstance``),
             a class name (``"MyNet"`` or ``"my_package.models.MyNet"``), or a callable
             ``model -> bool``.
-        find_fn: ``find_fn(model, granularity) -> {name: module or LayerCall}`` in forward
-            order, for ``granularity`` among ``captum_gndi.adapters.GRANULARITIES``
-            (``"auto"`` included). Return an empty dict, or raise ``ValueError``, for a
-            granularity your model does not have.
+        find_fn: ``find_fn(model, kind) -> {name: module or LayerCall}`` in forward order,
+            for ``kind`` among ``captum_gndi.adapters.KINDS`` (``"auto"`` included), passed
+            positionally. Return an empty dict, or raise ``ValueError``, for a kind your model
+            does not have.
         name: A name for error messages (default: derived from ``match``).
 
     Returns:
@@ -99,8 +100,8 @@ def register_adapter(match: Match, find_fn: FindFn, *, name: str | None = None) 
         registered later are tried first, before the built-in ones.
 
     Examples:
-        >>> def my_points(model, granularity):
-        ...     if granularity in ("auto", "block"):
+        >>> def my_points(model, kind):
+        ...     if kind in ("auto", "block"):
         ...         return {f"stages.{i}": s for i, s in enumerate(model.stages)}
         ...     return {}
         >>> handle = register_adapter(MyNet, my_points)
@@ -141,16 +142,16 @@ def _as_points(result: Mapping[str, LayerSpec] | Sequence[Point]) -> list[Point]
     return list(result)
 
 
-def _points_from(adapter: Adapter | None, model: nn.Module, granularity: str) -> list[Point]:
+def _points_from(adapter: Adapter | None, model: nn.Module, kind: str) -> list[Point]:
     """The points one adapter (``None``: the generic walk) gives; raises if there are none."""
     if adapter is None:
-        return generic_points(model, granularity)
+        return generic_points(model, kind)
     try:
-        result = adapter.find(model, granularity)
-    except UnsupportedGranularity:
+        result = adapter.find(model, kind)
+    except UnsupportedKind:
         raise
     except ValueError as error:  # a user adapter's own refusal
-        raise UnsupportedGranularity(str(error)) from error
+        raise UnsupportedKind(str(error)) from error
     if result is None:
         raise _NotRecognised(adapter.name)
     points = _as_points(result)
@@ -161,51 +162,54 @@ def _points_from(adapter: Adapter | None, model: nn.Module, granularity: str) ->
                 f"{point.name!r}; adapters must return modules or LayerCall objects."
             )
     if not points:
-        raise UnsupportedGranularity(f"the {adapter.name} adapter found no {granularity!r} points")
+        raise UnsupportedKind(f"the {adapter.name} adapter found no {kind!r} points")
     return points
 
 
-def _valid_granularities(adapter: Adapter | None, model: nn.Module) -> list[str]:
+def _valid_kinds(adapter: Adapter | None, model: nn.Module) -> list[str]:
     valid = []
-    for granularity in GRANULARITIES:
+    for kind in KINDS:
         try:
-            _points_from(adapter, model, granularity)
+            _points_from(adapter, model, kind)
         except (ValueError, _NotRecognised):
             continue
-        valid.append(granularity)
+        valid.append(kind)
     return valid
 
 
-def find_points(model: nn.Module, granularity: str = "auto") -> list[Point]:
+def find_points(
+    model: nn.Module, kind: str = "auto", *, granularity: str | None = None
+) -> list[Point]:
     """Like :func:`find_layers`, but returns :class:`Point` objects with their meaning.
 
     Args:
         model: The model.
-        granularity: One of ``captum_gndi.adapters.GRANULARITIES``.
+        kind: One of ``captum_gndi.adapters.KINDS``.
+        granularity: Deprecated name of ``kind`` (kept for one release; warns).
 
     Returns:
         The intervention points, in forward order.
 
     Raises:
-        ValueError: For an invalid granularity, or one the model's family does not have
-            (the message says why and lists the granularities that work for this model).
+        ValueError: For an invalid kind, or one the model's family does not have (the message
+            says why and lists the kinds that work for this model).
 
     Examples:
         >>> [p.meaning for p in find_points(resnet18, "branch")][0]
         'zeroing this skips block layer1.0 (its output becomes its input)'
     """
-    check_granularity(granularity)
+    kind = check_kind(kind_argument(kind, granularity, "find_points"))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
     for adapter in (*reversed(_USER_ADAPTERS), *_BUILTIN_ADAPTERS):
         if not adapter.match(model):
             continue
         try:
-            return _points_from(adapter, model, granularity)
+            return _points_from(adapter, model, kind)
         except _NotRecognised:
             continue  # a built-in adapter that does not know this architecture
-        except UnsupportedGranularity as error:
-            raise _explain(error, adapter, model, granularity) from None
+        except UnsupportedKind as error:
+            raise _explain(error, adapter, model, kind) from None
     warnings.warn(
         f"captum_gndi: no adapter knows {type(model).__name__}; using the generic walk (leaf "
         "convolutions and linear layers; blocks = modules with a 'downsample' or 'shortcut' "
@@ -215,27 +219,29 @@ def find_points(model: nn.Module, granularity: str = "auto") -> list[Point]:
         stacklevel=3,
     )
     try:
-        return generic_points(model, granularity)
-    except UnsupportedGranularity as error:
-        raise _explain(error, None, model, granularity) from None
+        return generic_points(model, kind)
+    except UnsupportedKind as error:
+        raise _explain(error, None, model, kind) from None
 
 
 def _explain(
-    error: UnsupportedGranularity, adapter: Adapter | None, model: nn.Module, granularity: str
-) -> UnsupportedGranularity:
+    error: UnsupportedKind, adapter: Adapter | None, model: nn.Module, kind: str
+) -> UnsupportedKind:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        valid = _valid_granularities(adapter, model)
-    return UnsupportedGranularity(
-        f"granularity={granularity!r} does not apply to {type(model).__name__}: {error}. "
+        valid = _valid_kinds(adapter, model)
+    return UnsupportedKind(
+        f"kind={kind!r} does not apply to {type(model).__name__}: {error}. "
         f"Valid for this model: {', '.join(map(repr, valid)) or 'none'}."
     )
 
 
-def find_layers(model: nn.Module, granularity: str = "auto") -> dict[str, LayerSpec]:
+def find_layers(
+    model: nn.Module, kind: str = "auto", *, granularity: str | None = None
+) -> dict[str, LayerSpec]:
     """Find the intervention points of a model, by name, in forward order.
 
-    Granularities:
+    Kinds of layer:
 
     - ``"block"``: whole residual blocks / transformer layers (zeroing one cuts the stream);
     - ``"branch"``: residual branch outputs before the addition (zeroing one skips its block;
@@ -251,7 +257,9 @@ def find_layers(model: nn.Module, granularity: str = "auto") -> dict[str, LayerS
         model: A torchvision or Hugging Face model (or a wrapper holding one), or any model
             with an adapter registered through :func:`register_adapter`. Others get the
             generic walk and a ``UserWarning``.
-        granularity: One of the granularities above.
+        kind: One of the kinds above (``captum_gndi.adapters.KINDS``).
+        granularity: Deprecated name of ``kind`` (kept for one release; warns). The engine's
+            ``granularity`` (layer/channel/unit) is an argument of ``LayerGNDI.attribute``.
 
     Returns:
         ``{name: layer}``: names relative to ``model`` (``"[call k]"`` marks one call of a
@@ -259,8 +267,8 @@ def find_layers(model: nn.Module, granularity: str = "auto") -> dict[str, LayerS
         :class:`~captum_gndi.LayerCall` for shared modules such as ALBERT's layers).
 
     Raises:
-        ValueError: For an invalid granularity (the message lists the valid ones) or one the
-            model's family does not have.
+        ValueError: For an invalid kind (the message lists the valid ones) or one the model's
+            family does not have.
 
     Examples:
         >>> layers = find_layers(torchvision.models.resnet18(), "branch")
@@ -268,4 +276,5 @@ def find_layers(model: nn.Module, granularity: str = "auto") -> dict[str, LayerS
         ['layer1.0.bn2', 'layer1.1.bn2']
         >>> scores = LayerGNDI(model, list(layers.values())).attribute(images, target=labels)
     """
-    return {point.name: point.layer for point in find_points(model, granularity)}
+    kind = kind_argument(kind, granularity, "find_layers")
+    return {point.name: point.layer for point in find_points(model, kind)}

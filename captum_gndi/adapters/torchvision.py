@@ -34,8 +34,9 @@ from torch import nn
 from .generic import (
     KILLS_DOWNSTREAM,
     Point,
-    UnsupportedGranularity,
+    UnsupportedKind,
     branch_contexts,
+    kind_argument,
     leaf_points,
 )
 
@@ -193,12 +194,15 @@ def _leaf_contexts(blocks: list[_Block]) -> dict[str, str]:
     return contexts
 
 
-def torchvision_points(model: nn.Module, granularity: str) -> list[Point] | None:
+def torchvision_points(
+    model: nn.Module, kind: str = "auto", *, granularity: str | None = None
+) -> list[Point] | None:
     """Intervention points of a torchvision model, or ``None`` for a family not known here.
 
     Args:
         model: A torchvision model (or a module containing one).
-        granularity: One of ``captum_gndi.adapters.GRANULARITIES``.
+        kind: One of ``captum_gndi.adapters.KINDS``.
+        granularity: Deprecated name of ``kind`` (kept for one release; warns).
 
     Returns:
         The points in forward order, or ``None`` when the model has no block this adapter
@@ -206,7 +210,7 @@ def torchvision_points(model: nn.Module, granularity: str) -> list[Point] | None
         walk).
 
     Raises:
-        UnsupportedGranularity: For a granularity the family does not have.
+        UnsupportedKind: For a kind of layer the family does not have.
 
     Examples:
         >>> import torchvision
@@ -214,42 +218,43 @@ def torchvision_points(model: nn.Module, granularity: str) -> list[Point] | None
         >>> points[0].name
         'layer1.0.bn2'
     """
+    kind = kind_argument(kind, granularity, "torchvision_points")
     blocks = _blocks(model)
     family = type(model).__name__
     if not blocks and not any(type(m).__name__ in _PLAIN_FAMILIES for m in model.modules()):
         return None
     residual = [b for b in blocks if b.branch is not None]
     transformers = [b for b in blocks if b.kind == "transformer"]
-    if granularity == "auto":
+    if kind == "auto":
         if residual:
-            granularity = "branch"
+            kind = "branch"
         elif transformers:
             return [p for b in transformers for p in _sublayer_points(b)]
         elif blocks:
-            granularity = "block"
+            kind = "block"
         else:
             points = leaf_points(model, "conv") + leaf_points(model, "linear")
             order = {name: i for i, (name, _) in enumerate(model.named_modules())}
             return sorted(points, key=lambda p: order[p.name])
-    if granularity in ("conv", "linear"):
-        points = leaf_points(model, granularity, _leaf_contexts(blocks))
+    if kind in ("conv", "linear"):
+        points = leaf_points(model, kind, _leaf_contexts(blocks))
         if not points:
-            raise UnsupportedGranularity(f"{family} has no {granularity} layers")
+            raise UnsupportedKind(f"{family} has no {kind} layers")
         return points
-    if granularity == "block":
+    if kind == "block":
         if not blocks:
-            raise UnsupportedGranularity(
+            raise UnsupportedKind(
                 f"{family} has no blocks: it is a plain stack of convolutions and linear layers"
             )
         return [_block_point(b) for b in blocks]
-    if granularity == "branch":
+    if kind == "branch":
         if any(b.kind == "dense" for b in blocks):
-            raise UnsupportedGranularity(
+            raise UnsupportedKind(
                 f"{family}'s dense layers concatenate their output to their input instead of "
                 "adding it, so there is no residual branch; 'block' gives the dense layers"
             )
         if not residual and not transformers:
-            raise UnsupportedGranularity(f"{family} has no residual connections")
+            raise UnsupportedKind(f"{family} has no residual connections")
         points = []
         for b in blocks:
             if b.branch is not None:
@@ -258,5 +263,5 @@ def torchvision_points(model: nn.Module, granularity: str) -> list[Point] | None
                 points.extend(_sublayer_points(b))
         return points
     if not transformers:
-        raise UnsupportedGranularity(f"{family} has no attention or MLP sublayers")
-    return [p for b in transformers for p in _sublayer_points(b) if p.kind == granularity]
+        raise UnsupportedKind(f"{family} has no attention or MLP sublayers")
+    return [p for b in transformers for p in _sublayer_points(b) if p.kind == kind]

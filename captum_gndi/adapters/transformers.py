@@ -36,7 +36,14 @@ import torch
 from torch import Tensor, nn
 
 from ..interventions import LayerCall
-from .generic import KILLS_DOWNSTREAM, Point, UnsupportedGranularity, is_linear, leaf_points
+from .generic import (
+    KILLS_DOWNSTREAM,
+    Point,
+    UnsupportedKind,
+    is_linear,
+    kind_argument,
+    leaf_points,
+)
 
 __all__ = [
     "ModelLogits",
@@ -117,8 +124,8 @@ def _block_meaning(layer: str) -> str:
     )
 
 
-def _layer_points(layer: _Layer, granularity: str) -> list[Point]:
-    if granularity == "block":
+def _layer_points(layer: _Layer, wanted: str) -> list[Point]:
+    if wanted == "block":
         return [Point(layer.name, layer.module, "block", _block_meaning(layer.name))]
     post_norm = not any(hasattr(layer.module, n) for n in _PRE_NORMS)
     points = []
@@ -126,7 +133,7 @@ def _layer_points(layer: _Layer, granularity: str) -> list[Point]:
         ("attention", layer.rule.attention, "attention"),
         ("mlp", layer.rule.mlp, "MLP"),
     ):
-        if granularity in (kind, "auto", "branch"):
+        if wanted in (kind, "auto", "branch"):
             meaning = _sublayer_meaning(what, layer.name, post_norm)
             points.append(
                 Point(f"{layer.name}.{rel}", layer.module.get_submodule(rel), kind, meaning)
@@ -164,11 +171,11 @@ def _shared(model: nn.Module, path: str, call: int) -> tuple[str, LayerCall]:
     return f"{path}[call {call}]", layer
 
 
-def _albert_points(model: nn.Module, granularity: str) -> list[Point]:
+def _albert_points(model: nn.Module, wanted: str) -> list[Point]:
     calls = _albert_calls(model)
-    if granularity == "conv":
-        raise UnsupportedGranularity("ALBERT has no convolution layers")
-    if granularity == "linear":
+    if wanted == "conv":
+        raise UnsupportedKind("ALBERT has no convolution layers")
+    if wanted == "linear":
         groups = {c.groups for c in calls}
         points = []
         for name, module in model.named_modules():
@@ -185,7 +192,7 @@ def _albert_points(model: nn.Module, granularity: str) -> list[Point]:
         for j, _layer in enumerate(group.albert_layers):
             path = f"{c.group}.albert_layers.{j}"
             label = f"ALBERT layer {c.depth}" + (f".{j}" if len(group.albert_layers) > 1 else "")
-            if granularity == "block":
+            if wanted == "block":
                 name, spec = _shared(model, path, c.call)
                 points.append(Point(name, spec, "block", _block_meaning(label)))
                 continue
@@ -193,7 +200,7 @@ def _albert_points(model: nn.Module, granularity: str) -> list[Point]:
                 ("attention", "attention.dense", "attention"),
                 ("mlp", "ffn_output", "MLP"),
             ):
-                if granularity in (kind, "auto", "branch"):
+                if wanted in (kind, "auto", "branch"):
                     name, spec = _shared(model, f"{path}.{rel}", c.call)
                     meaning = _sublayer_meaning(what, label, post_norm=True)
                     points.append(Point(name, spec, kind, meaning))
@@ -214,20 +221,23 @@ def _albert_linears(model: nn.Module, c: _AlbertCall) -> list[Point]:
     return points
 
 
-def transformers_points(model: nn.Module, granularity: str) -> list[Point] | None:
+def transformers_points(
+    model: nn.Module, kind: str = "auto", *, granularity: str | None = None
+) -> list[Point] | None:
     """Intervention points of a Hugging Face model, or ``None`` for an unknown architecture.
 
     Args:
         model: A ``transformers`` model, or a module containing one (a task head, a wrapper).
-        granularity: One of ``captum_gndi.adapters.GRANULARITIES``; ``"auto"`` and ``"branch"``
-            give the attention and MLP points of each layer, in forward order.
+        kind: One of ``captum_gndi.adapters.KINDS``; ``"auto"`` and ``"branch"`` give the
+            attention and MLP points of each layer, in forward order.
+        granularity: Deprecated name of ``kind`` (kept for one release; warns).
 
     Returns:
         The points, or ``None`` when no transformer layer list is recognised (the caller
         falls back to the generic walk).
 
     Raises:
-        UnsupportedGranularity: For ``"conv"`` on a model without convolutions.
+        UnsupportedKind: For ``"conv"`` on a model without convolutions.
 
     Examples:
         >>> from transformers import BertConfig, BertModel
@@ -236,12 +246,13 @@ def transformers_points(model: nn.Module, granularity: str) -> list[Point] | Non
         >>> [p.name for p in transformers_points(bert, "mlp")]
         ['encoder.layer.0.output.dense', 'encoder.layer.1.output.dense']
     """
+    kind = kind_argument(kind, granularity, "transformers_points")
     if _albert_calls(model):
-        return _albert_points(model, granularity)
+        return _albert_points(model, kind)
     layers = _layers(model)
     if not layers:
         return None
-    if granularity in ("conv", "linear"):
+    if kind in ("conv", "linear"):
         contexts = {
             layer.name: (
                 f"zeroing this changes only a sublayer of {layer.name}; the residual stream "
@@ -249,19 +260,18 @@ def transformers_points(model: nn.Module, granularity: str) -> list[Point] | Non
             )
             for layer in layers
         }
-        points = leaf_points(model, granularity, contexts)
+        points = leaf_points(model, kind, contexts)
         if not points:
-            raise UnsupportedGranularity(
-                f"{type(model).__name__} has no {granularity} layers"
+            raise UnsupportedKind(
+                f"{type(model).__name__} has no {kind} layers"
                 + (
                     " (its Conv1D modules are linear layers: use 'linear')"
-                    if granularity == "conv"
-                    and any(type(m).__name__ == "Conv1D" for m in model.modules())
+                    if kind == "conv" and any(type(m).__name__ == "Conv1D" for m in model.modules())
                     else ""
                 )
             )
         return points
-    return [p for layer in layers for p in _layer_points(layer, granularity)]
+    return [p for layer in layers for p in _layer_points(layer, kind)]
 
 
 class SentenceEmbedding(nn.Module):

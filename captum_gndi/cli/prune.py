@@ -1,7 +1,8 @@
-"""The ``captum-gndi prune`` subcommand: prune a zoo model's channels and measure accuracy.
+"""``captum-gndi prune``: prune a zoo model's channels and measure accuracy against sparsity.
 
-``captum_gndi.cli`` imports :func:`add_prune_parser` lazily; the handler raises the library's
-``ValueError`` / ``FileNotFoundError`` for bad input, which the CLI turns into one line on stderr.
+Channels are scored on training images and accuracy is measured on test images; the handler
+raises the library's ``ValueError`` / ``FileNotFoundError`` for bad input, which the parser turns
+into one line on stderr.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["add_prune_parser", "run_prune"]
+from .loaders import LoadedModel, check_counts, cifar_root, load_model, split_names
+from .options import add_criteria_option, known_criteria
+
+__all__ = ["add_parser", "run"]
 
 _EPILOG = """examples:
   captum-gndi prune --model cifar-resnet56 \\
       --weights ../shared/data/cifar_resnets/resnet56-4bfd9763.th \\
-      --data-dir ../shared/data/cifar10 --criterion gndi --sparsity 0.5 --out prune-out/
+      --data-dir ../shared/data/cifar10 --criteria gndi --sparsity 0.5 --out prune-out/
   captum-gndi prune --model cifar-resnet20 --weights resnet20.th \\
-      --criterion gndi,magnitude,taylor --curve 0.3,0.5,0.7 --scope layer --limit 2000 \\
+      --criteria gndi,magnitude,taylor --curve 0.3,0.5,0.7 --scope layer --limit 2000 \\
       --out prune-out/
 
 Channels are scored on training images (--score-limit of them) and accuracy is measured on test
@@ -40,24 +44,24 @@ def _fractions(text: str) -> list[float]:
         ) from error
 
 
-def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register the ``prune`` subcommand on an ``argparse`` subparsers object.
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Register ``prune`` on the subparsers object of the main parser.
 
     Args:
-        subparsers: The object returned by ``parser.add_subparsers()``.
+        commands: The object ``ArgumentParser.add_subparsers()`` returned.
 
     Returns:
         The ``prune`` parser (its handler is stored as ``func``).
 
     Examples:
         >>> parser = argparse.ArgumentParser()
-        >>> add_prune_parser(parser.add_subparsers(dest="command"))
+        >>> add_parser(parser.add_subparsers(dest="command"))
         >>> args = parser.parse_args(["prune", "--model", "cifar-resnet20", "--weights", "r20.th"])
         >>> args.func(args)
     """
-    from .pruning import CRITERIA, DEFAULT_SPARSITIES, NORMALIZATIONS, SCOPES
+    from ..pruning import CRITERIA, DEFAULT_SPARSITIES, NORMALIZATIONS, SCOPES
 
-    parser = subparsers.add_parser(
+    parser = commands.add_parser(
         "prune",
         help="prune channels by G-NDI (or another criterion) and report accuracy vs sparsity",
         description=(
@@ -79,10 +83,10 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir", help="CIFAR-10 folder (python layout); default: the shared data folder"
     )
-    parser.add_argument(
-        "--criterion",
-        default="gndi",
-        help=f"criterion or comma-separated criteria ({', '.join(CRITERIA)}; default gndi)",
+    add_criteria_option(
+        parser,
+        "gndi",
+        f"comma-separated importance criteria ({', '.join(CRITERIA)}; default gndi)",
     )
     parser.add_argument(
         "--sparsity", type=float, default=0.5, help="channel sparsity to report (default 0.5)"
@@ -135,56 +139,45 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", help="folder for curve.csv/.json/.md/.png and summary.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run_prune)
+    parser.set_defaults(func=run)
     return parser
 
 
-def _datasets(args: argparse.Namespace) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+def _datasets(
+    args: argparse.Namespace, loaded: LoadedModel
+) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
     """(scoring, fine-tuning, test) data sets."""
-    from .zoo import load_cifar10, load_digits_dataset, shared_data_dir
+    from ..zoo import load_cifar10, load_digits_dataset
 
-    data = args.data or ("digits" if args.model.startswith("digits") else "cifar10")
+    data = args.data or loaded.data
     if data == "digits":
         train, test = load_digits_dataset("train", seed=args.seed), load_digits_dataset("test")
     else:
-        root = args.data_dir
-        if root is None:
-            shared = shared_data_dir()
-            if shared is None:
-                raise FileNotFoundError(
-                    "no CIFAR-10 folder: pass --data-dir (the folder holding cifar-10-batches-py)"
-                )
-            root = shared / "cifar10"
-        normalize = "captum" if args.model == "captum-cifar-cnn" else "resnet"
-        train = load_cifar10(root, "train", normalize=normalize)
-        test = load_cifar10(root, "test", exact=args.exact_test, normalize=normalize)
+        root = cifar_root(args.data_dir)
+        train = load_cifar10(root, "train", normalize=loaded.normalize)
+        test = load_cifar10(root, "test", exact=args.exact_test, normalize=loaded.normalize)
     score = TensorDataset(*(t[: args.score_limit] for t in train.tensors))
     tune = TensorDataset(*(t[: args.finetune_limit] for t in train.tensors))
     return score, tune, TensorDataset(*(t[: args.limit] for t in test.tensors))
 
 
 def _check(args: argparse.Namespace, criteria: list[str]) -> None:
-    from .pruning.ranking import check_sparsity
-    from .validation.criteria import available_methods
+    from ..pruning.ranking import check_sparsity
 
-    unknown = [c for c in criteria if c not in available_methods()]
+    known = known_criteria()
+    unknown = [c for c in criteria if c not in known]
     if unknown or not criteria:
         raise ValueError(
-            f"unknown criterion {unknown or args.criterion!r}; choose from "
-            f"{', '.join(available_methods())}"
+            f"unknown criterion {unknown or args.criteria!r}; choose from {', '.join(known)}"
         )
     for s in [args.sparsity, *args.curve]:
         check_sparsity(s)
-    for name in ("limit", "score_limit", "finetune_limit", "batch_size", "n_steps"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.finetune_epochs < 0:
-        raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    check_counts(args, ("limit", "score_limit", "finetune_limit", "batch_size", "n_steps"))
+    check_counts(args, ("finetune_epochs",), minimum=0)
 
 
-def run_prune(args: argparse.Namespace) -> int:
-    """Handle ``captum-gndi prune``: score, prune, print accuracies, write the curve.
+def run(args: argparse.Namespace) -> int:
+    """Score, prune, print accuracies, and write the curve to ``--out``.
 
     Args:
         args: Parsed arguments of the ``prune`` parser.
@@ -192,23 +185,25 @@ def run_prune(args: argparse.Namespace) -> int:
     Returns:
         The exit status (0).
     """
-    from .pruning import (
+    from ..pruning import (
         channel_importance,
         find_prunable,
         pruning_report,
         select_channels,
         sparsity_curve,
     )
-    from .zoo import get_model
+    from ..runs import resolve_device
 
-    criteria = [c.strip() for c in args.criterion.split(",") if c.strip()]
+    criteria = split_names(args.criteria) or []
     _check(args, criteria)
     torch.manual_seed(args.seed)
-    model = get_model(args.model, args.weights).to(args.device).eval()
-    score_data, tune_data, test_data = _datasets(args)
+    loaded = load_model(args.model, args.weights, args.seed, verbose=False, zoo_only=True)
+    device = resolve_device(loaded.model, args.device)
+    model = loaded.model.to(device).eval()
+    score_data, tune_data, test_data = _datasets(args, loaded)
     loader = DataLoader(score_data, batch_size=args.batch_size)
     test_loader = DataLoader(test_data, batch_size=args.batch_size)
-    example = score_data.tensors[0][:16].to(args.device)
+    example = score_data.tensors[0][:16].to(device)
     layers = find_prunable(model, example, prune_block_outputs=args.prune_block_outputs)
     n_channels = sum(layer.n_channels for layer in layers)
     print(
