@@ -15,11 +15,12 @@ from .adapters import (
     sentence_embedding,
 )
 from .attr import LayerGNDI
-from .interventions import InterventionError, LayerCall
+from .interventions import Heads, InterventionError, LayerCall
 from .scoring import GNDIResult, compute_gndi, mean_activations
 
 __all__ = [
     "GNDIResult",
+    "Heads",
     "InterventionError",
     "LayerCall",
     "LayerGNDI",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from captum.attr import GradientAttribution, LayerAttribution
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from ._captum_compat import TargetType, as_forward_args, as_input_tuple, integration_points
@@ -18,15 +20,18 @@ from .engine import (
     ScoringJob,
     capture_activations,
     compute_effects,
-    effect_norms,
+    signed_effect,
     true_effects,
 )
-from .interventions import LayerCall, LayerSpec, check_layers_in_model, layer_label
-from .runs import check_inputs, check_norm, make_runner, warn_if_training
+from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
+from .readouts import make_readout
+from .runs import check_inputs, make_runner, warn_if_training
+from .units import ChannelDim
 
 __all__ = ["LayerGNDI"]
 
 InputBaselines = Any  # Captum's BaselineType: None, a number, a tensor, or a tuple of them
+Scores = Tensor | list[Tensor]  # one tensor per layer: a list for a list of layers
 
 
 class LayerGNDI(LayerAttribution, GradientAttribution):
@@ -78,7 +83,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         if not self._layers:
             raise ValueError("LayerGNDI needs at least one layer.")
         for item in self._layers:
-            if not isinstance(item, (nn.Module, LayerCall)):
+            if not isinstance(item, (nn.Module, LayerCall, Heads)):
                 raise TypeError(
                     f"layer must be an nn.Module, a LayerCall or a list of them, got "
                     f"{type(item).__name__}. Resolve names with captum_gndi.get_layer."
@@ -86,6 +91,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         check_layers_in_model(forward_func, self._layers)
         model = forward_func if isinstance(forward_func, nn.Module) else None
         self._labels = [layer_label(item, model) for item in self._layers]
+        self.probe_stderr: Tensor | list[Tensor] | None = None
 
     @classmethod
     def get_name(cls) -> str:
@@ -96,6 +102,91 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         """G-NDI reports the Taylor remainder against a real intervention as its delta."""
         return True
 
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """True: G-NDI multiplies the Jacobian by ``h - b`` (a global attribution in Captum's
+        sense, like ``LayerIntegratedGradients`` with ``multiply_by_inputs=True``)."""
+        return True
+
+    # The overloads only tell type checkers that the return type follows
+    # ``return_convergence_delta``; keep their parameters in step with the implementation.
+    @overload
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        baselines: InputBaselines = ...,
+        target: TargetType = ...,
+        additional_forward_args: Any = ...,
+        layer_baselines: LayerBaseline | Sequence[LayerBaseline] = ...,
+        norm: float | str = ...,
+        attribute_to_layer_input: bool = ...,
+        return_convergence_delta: Literal[False] = ...,
+        mode: Mode = ...,
+        granularity: Granularity = ...,
+        n_steps: int = ...,
+        method: str = ...,
+        channel_dim: ChannelDim = ...,
+        layer_mask: Tensor | Sequence[Tensor] | None = ...,
+        signed: bool = ...,
+        grad_kwargs: dict[str, Any] | None = ...,
+        forward_kwargs: dict[str, Any] | None = ...,
+        n_probes: int | None = ...,
+        probe_seed: int = ...,
+        p: float | str | None = ...,
+    ) -> Scores: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        baselines: InputBaselines = ...,
+        target: TargetType = ...,
+        additional_forward_args: Any = ...,
+        layer_baselines: LayerBaseline | Sequence[LayerBaseline] = ...,
+        norm: float | str = ...,
+        attribute_to_layer_input: bool = ...,
+        *,
+        return_convergence_delta: Literal[True],
+        mode: Mode = ...,
+        granularity: Granularity = ...,
+        n_steps: int = ...,
+        method: str = ...,
+        channel_dim: ChannelDim = ...,
+        layer_mask: Tensor | Sequence[Tensor] | None = ...,
+        signed: bool = ...,
+        grad_kwargs: dict[str, Any] | None = ...,
+        forward_kwargs: dict[str, Any] | None = ...,
+        n_probes: int | None = ...,
+        probe_seed: int = ...,
+        p: float | str | None = ...,
+    ) -> tuple[Scores, Scores]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        baselines: InputBaselines = ...,
+        target: TargetType = ...,
+        additional_forward_args: Any = ...,
+        layer_baselines: LayerBaseline | Sequence[LayerBaseline] = ...,
+        norm: float | str = ...,
+        attribute_to_layer_input: bool = ...,
+        return_convergence_delta: bool = ...,
+        mode: Mode = ...,
+        granularity: Granularity = ...,
+        n_steps: int = ...,
+        method: str = ...,
+        channel_dim: ChannelDim = ...,
+        layer_mask: Tensor | Sequence[Tensor] | None = ...,
+        signed: bool = ...,
+        grad_kwargs: dict[str, Any] | None = ...,
+        forward_kwargs: dict[str, Any] | None = ...,
+        n_probes: int | None = ...,
+        probe_seed: int = ...,
+        p: float | str | None = ...,
+    ) -> Scores | tuple[Scores, Scores]: ...
+
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -110,7 +201,13 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         granularity: Granularity = "layer",
         n_steps: int = 1,
         method: str = "gausslegendre",
-        channel_dim: int = 1,
+        channel_dim: ChannelDim = 1,
+        layer_mask: Tensor | Sequence[Tensor] | None = None,
+        signed: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
+        forward_kwargs: dict[str, Any] | None = None,
+        n_probes: int | None = None,
+        probe_seed: int = 0,
         p: float | str | None = None,
     ) -> Tensor | list[Tensor] | tuple[Tensor | list[Tensor], Tensor | list[Tensor]]:
         r"""Compute G-NDI scores for each example.
@@ -126,9 +223,13 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             additional_forward_args: Extra arguments passed to ``forward_func`` after inputs.
             layer_baselines: Layer-space baseline: ``None``/``"zero"``, a number, a tensor
                 broadcastable to the activation, or a callable ``h -> b``; a list gives one per
-                layer.
-            norm: Norm over the output: any order ``p >= 1``, ``math.inf``, or ``"l1"``,
-                ``"l2"``, ``"linf"``.
+                layer, a tuple one per tensor of a multi-tensor layer (a layer whose output is a
+                tuple of several floating-point tensors, or several inputs with
+                ``attribute_to_layer_input``: all of them are intervened on jointly).
+            norm: How the output change is measured: any order ``p >= 1``, ``math.inf``,
+                ``"l1"``, ``"l2"``, ``"linf"``, or ``"fisher"``: ``sqrt(dz^T (diag(pi) -
+                pi pi^T) dz)`` for the softmax ``pi`` over the output's last dimension
+                (``sqrt(2 KL)`` to second order; see :mod:`captum_gndi.readouts`).
             attribute_to_layer_input: Intervene on the layer's input instead of its output.
             return_convergence_delta: Also return, per example, the Taylor remainder
                 ``|| (f(x) - f_do(x)) - J_{>L}(x)(h - b) ||_p`` against a real intervention
@@ -137,14 +238,39 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 (vector-Jacobian products, all layers from one forward pass) or ``"auto"``
                 (the cheaper one; falls back to reverse with a warning where an operator has no
                 forward-AD formula, e.g. CPU SDPA attention).
-            granularity: ``"layer"`` (N,), ``"channel"`` (N, C): the G-NDI of intervening on
-                each channel alone, or ``"unit"``: layer-shaped, one score per neuron.
+            granularity: ``"layer"`` (N,), ``"channel"`` (N, *channel sizes): the G-NDI of
+                intervening on each channel alone, ``"unit"``: layer-shaped, one score per
+                neuron, or ``"group"`` (N, G) with ``layer_mask`` (implied by it).
             n_steps: Integration points for path-integrated G-NDI; 1 is the paper's
-                first-order G-NDI (the Jacobian at the actual activation).
+                first-order G-NDI (the Jacobian at the actual activation). With ``n_steps > 1``
+                every unit is integrated along its own path ``b_u + a (h - b)_u`` with the rest
+                of the layer at ``h``, so each score converges to the effect of intervening on
+                that unit alone (``units x n_steps`` tangent passes).
             method: Captum approximation method for ``n_steps > 1`` (``"gausslegendre"``,
                 ``"riemann_trapezoid"``, ...).
-            channel_dim: Activation dimension holding channels (1 for CNNs, -1 for
-                ``(N, T, D)`` transformer states).
+            channel_dim: Activation dimension(s) holding the units of ``"channel"``
+                granularity: 1 for CNNs, -1 for ``(N, T, D)`` transformer states, a tuple such
+                as ``(1, 2)`` for position x head on ``(N, T, H, d)`` (scores ``(N, T, H)``).
+            layer_mask: Groups with Captum's ``LayerFeatureAblation`` semantics: an integer
+                tensor broadcastable to the activation (batch dimension 1 or N) holding group
+                ids ``0..G-1``; the score of group g is ``|| J (1[M = g] (h - b)) ||``, shape
+                ``(N, G)``. A list gives one mask per layer.
+            signed: With a scalar output per example (a target selecting one output), return
+                the signed first-order effect ``J (h - b)`` (``f(x) - f_do(x)`` to first order)
+                instead of its absolute value. With ``baselines`` a corrupted input this is
+                attribution patching's estimate with the sign flipped.
+            grad_kwargs: Keyword arguments for every ``torch.autograd.grad`` call (Captum's
+                layer-method argument, e.g. ``{"materialize_grads": True}``).
+            forward_kwargs: Keyword inputs for the model, e.g. ``{"attention_mask": mask}``
+                for Hugging Face models (``forward_func(*inputs, *additional_forward_args,
+                **forward_kwargs)``).
+            n_probes: Estimate the squared L2 or Fisher norm from this many random
+                vector-Jacobian products (Rademacher rows; classes drawn from the model's own
+                softmax for ``"fisher"``) instead of one per output dimension: unbiased for the
+                squared norm, ``n_probes`` backward passes whatever the output size. The
+                per-example standard errors of the squared scores are left in
+                ``self.probe_stderr`` (same structure as the scores).
+            probe_seed: Seed of the probes.
             p: Deprecated spelling of ``norm`` (kept for one release).
 
         Returns:
@@ -163,9 +289,24 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 stacklevel=2,
             )
             norm = p
-        order = check_norm(norm)
+        readout = make_readout(norm, n_probes, probe_seed)
+        if signed and n_probes is not None:
+            raise ValueError("signed=True needs the exact effect; drop n_probes.")
+        if return_convergence_delta and n_probes is not None:
+            raise ValueError(
+                "return_convergence_delta compares exact effects with a real intervention; "
+                "drop n_probes (or estimate scores with probes and deltas without)."
+            )
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
+        masks = self._masks(layer_mask)
+        if masks is not None:
+            if granularity not in ("layer", "group"):
+                raise ValueError(
+                    f"layer_mask defines the units itself; it cannot be combined with "
+                    f"granularity={granularity!r}. Drop one of them."
+                )
+            granularity = "group"
         if return_convergence_delta and granularity != "layer":
             raise ValueError("return_convergence_delta needs granularity='layer'.")
         if baselines is not None and layer_baselines is not None:
@@ -177,34 +318,162 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         check_inputs(input_tuple)
         forward_args = as_forward_args(additional_forward_args)
         warn_if_training(self.forward_func)
+        forward_func = self.forward_func
+        if forward_kwargs:
+            forward_func = functools.partial(self.forward_func, **forward_kwargs)
 
         if baselines is not None:
             layer_specs = self._activations_at(
-                input_tuple, baselines, forward_args, attribute_to_layer_input
+                forward_func, input_tuple, baselines, forward_args, attribute_to_layer_input
             )
         else:
             layer_specs = per_layer(layer_baselines, len(self._layers))
         job = ScoringJob(
-            run=make_runner(self.forward_func, input_tuple, forward_args, target),
+            run=make_runner(forward_func, input_tuple, forward_args, target),
             layers=self._layers,
             labels=self._labels,
             baselines=layer_specs,
             attribute_to_layer_input=attribute_to_layer_input,
             channel_dim=channel_dim,
+            layer_masks=masks,
+            grad_kwargs=grad_kwargs,
         )
         alphas, weights = (1.0,), (1.0,)
         if n_steps > 1:
             alphas, weights = integration_points(n_steps, method)
-        effects, _ = compute_effects(job, mode, granularity, alphas, weights)
-        scores = [effect_norms(effect, order) for effect in effects]
+        effects, _ = compute_effects(job, mode, granularity, alphas, weights, readout=readout)
+        reference = None
+        if readout.fisher:
+            with torch.no_grad():
+                reference = job.run()
+            readout.output_shape = getattr(job.run, "output_shape", None)
+        if signed:
+            scores = [signed_effect(effect, label) for effect, label in zip(effects, self._labels)]
+        else:
+            scores = [readout.scores(effect, reference) for effect in effects]
+        self.probe_stderr = (
+            self._format([readout.probe_stderr(effect) for effect in effects])
+            if n_probes is not None
+            else None
+        )
         if not return_convergence_delta:
             return self._format(scores)
         exact = true_effects(job)
-        deltas = [effect_norms(e - pred, order) for e, pred in zip(exact, effects)]
+        deltas = [readout.scores(e - pred, reference) for e, pred in zip(exact, effects)]
         return self._format(scores), self._format(deltas)
+
+    @log_usage()
+    def compute_convergence_delta(
+        self,
+        attributions: Tensor | Sequence[Tensor],
+        start_point: InputBaselines,
+        end_point: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        layer_baselines: LayerBaseline | Sequence[LayerBaseline] = None,
+        norm: float | str = 2,
+        attribute_to_layer_input: bool = False,
+        mode: Mode = "auto",
+        n_steps: int = 1,
+        method: str = "gausslegendre",
+        grad_kwargs: dict[str, Any] | None = None,
+        forward_kwargs: dict[str, Any] | None = None,
+    ) -> Scores:
+        r"""G-NDI's convergence delta: the remainder of its estimate against a real intervention.
+
+        Replaces Captum's inherited completeness check ``sum(attributions) - (F(end_point) -
+        F(start_point))``, which is meaningless for norm-valued scores. For each example x it is
+
+        .. math::
+            \| (f(x) - f(x; \mathrm{do}(h_L := b_L))) - J_{>L}(x)\,(h_L(x) - b_L) \|_p,
+
+        the same numbers that ``attribute(..., return_convergence_delta=True)`` returns as its
+        second value (0 when everything after the layer is affine; it shrinks as ``n_steps``
+        grows, since path-integrated G-NDI converges to the exact effect).
+
+        Args:
+            attributions: Layer-granularity scores of ``end_point`` from :meth:`attribute`: a
+                tensor ``(N,)``, or a list of them for a list of layers. They are only checked
+                against ``end_point`` (one row per example): a norm does not determine the
+                vector ``J_{>L}(x)(h_L(x) - b_L)``, so the remainder is recomputed.
+            start_point: Where the intervention moves the layer, in input space (Captum's
+                ``baselines``): the layer baseline ``b_L`` is the layer's activation at
+                ``start_point``, a number, a tensor or a tuple of them broadcastable to
+                ``end_point``. ``None`` uses ``layer_baselines`` instead (zero by default),
+                as :meth:`attribute` does with ``baselines=None``.
+            end_point: The inputs x (a tensor or a tuple of tensors; dimension 0 indexes
+                examples) whose activation ``h_L(x)`` is intervened on.
+            target: Output indices in Captum's ``TargetType`` semantics, as in
+                :meth:`attribute`.
+            additional_forward_args: Extra arguments passed to ``forward_func`` after the
+                inputs, for both the clean and the intervened forward pass.
+            layer_baselines: Layer-space baseline used when ``start_point`` is ``None``.
+            norm: Norm over the output (as in :meth:`attribute`).
+            attribute_to_layer_input: Intervene on the layer's input instead of its output.
+            mode: ``"forward"``, ``"reverse"`` or ``"auto"`` (as in :meth:`attribute`).
+            n_steps: Integration points of the estimate whose remainder is wanted.
+            method: Captum approximation method for ``n_steps > 1``.
+            grad_kwargs: Keyword arguments for every ``torch.autograd.grad`` call.
+            forward_kwargs: Keyword inputs for the model.
+
+        Returns:
+            The per-example remainders, shape ``(N,)`` (a list for a list of layers).
+
+        Raises:
+            ValueError: If ``attributions`` do not hold one tensor per layer with one row per
+                example of ``end_point``.
+
+        Examples:
+            >>> gndi = LayerGNDI(model, model.layer3)
+            >>> scores = gndi.attribute(images, target=labels)
+            >>> delta = gndi.compute_convergence_delta(scores, 0.0, images, target=labels)
+        """
+        n_examples = as_input_tuple(end_point)[0].shape[0]
+        given = [attributions] if isinstance(attributions, Tensor) else list(attributions)
+        n_layers = len(self._layers) if isinstance(self.layer, (list, tuple)) else 1
+        if len(given) != n_layers or any(
+            not isinstance(a, Tensor) or a.dim() == 0 or a.shape[0] != n_examples for a in given
+        ):
+            shapes = [tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__ for a in given]
+            raise ValueError(
+                f"attributions must be {n_layers} tensor(s) with one row per example of "
+                f"end_point ({n_examples}), got {shapes}. Pass the scores that attribute "
+                "returned for end_point."
+            )
+        _, deltas = self.attribute(
+            end_point,
+            baselines=start_point,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            layer_baselines=layer_baselines,
+            norm=norm,
+            attribute_to_layer_input=attribute_to_layer_input,
+            return_convergence_delta=True,
+            mode=mode,
+            n_steps=n_steps,
+            method=method,
+            grad_kwargs=grad_kwargs,
+            forward_kwargs=forward_kwargs,
+        )
+        return deltas
+
+    def _masks(self, layer_mask: Tensor | Sequence[Tensor] | None) -> list[Tensor] | None:
+        if layer_mask is None:
+            return None
+        if isinstance(layer_mask, Tensor):
+            return [layer_mask] * len(self._layers)
+        masks = list(layer_mask)
+        if len(masks) != len(self._layers):
+            raise ValueError(
+                f"Got {len(masks)} layer masks for {len(self._layers)} layers; give one mask "
+                "per layer, or one tensor for all."
+            )
+        return masks
 
     def _activations_at(
         self,
+        forward_func: Callable[..., Any],
         inputs: tuple[Tensor, ...],
         baselines: InputBaselines,
         forward_args: Any,
@@ -229,7 +498,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 ) from error
         check_inputs(tuple(expanded))
         job = ScoringJob(
-            run=make_runner(self.forward_func, tuple(expanded), forward_args, None),
+            run=make_runner(forward_func, tuple(expanded), forward_args, None),
             layers=self._layers,
             labels=self._labels,
             baselines=[None] * len(self._layers),

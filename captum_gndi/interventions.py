@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "InterventionError",
+    "Heads",
     "LayerCall",
     "LayerSpec",
     "intervene",
@@ -61,26 +62,76 @@ class LayerCall:
             raise ValueError(f"LayerCall.call_index must be >= 0, got {self.call_index}.")
 
 
-LayerSpec = Union[nn.Module, LayerCall]
-"""A module that runs once per forward pass, or one call of a module that runs several times."""
+@dataclass(frozen=True, eq=False)
+class Heads:
+    """The attention heads of one attention layer, as an intervention point.
+
+    The point is the *input* of the layer's output projection (``o_proj``, ``c_proj``,
+    ``out_lin``, ``attention.output.dense``, ...), where the heads' outputs are still separate:
+    the concatenation ``(N, T, H * d_head)`` is handed to G-NDI reshaped as
+    ``(N, T, H, d_head)``, so ``granularity="channel", channel_dim=2`` scores every head
+    ``(N, H)`` and ``channel_dim=(1, 2)`` every position x head ``(N, T, H)``; intervening on a
+    head sets exactly that head's output to its baseline. ``captum_gndi.find_layers(model,
+    "head")`` returns one per attention layer.
+
+    Args:
+        module: The output projection (a module that runs once per forward pass, or with
+            ``call_index`` one of several calls).
+        n_heads: The number of heads H (the input's last dimension must be ``H * d_head``).
+        call_index: For a projection shared by several layers (ALBERT), which call.
+        name: Optional readable name.
+
+    Examples:
+        >>> heads = Heads(gpt2.transformer.h[0].attn.c_proj, n_heads=12)
+        >>> LayerGNDI(lm, heads).attribute(ids, granularity="channel", channel_dim=2)  # (N, 12)
+    """
+
+    module: nn.Module
+    n_heads: int
+    call_index: int | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, nn.Module):
+            raise TypeError(f"Heads needs an nn.Module, got {type(self.module).__name__}.")
+        if not isinstance(self.n_heads, int) or self.n_heads < 1:
+            raise ValueError(f"Heads.n_heads must be a positive int, got {self.n_heads!r}.")
+
+    def split(self, h: Tensor, label: str) -> Tensor:
+        """``(..., H * d)`` -> ``(..., H, d)``, with a clear error when it does not divide."""
+        if h.shape[-1] % self.n_heads:
+            raise InterventionError(
+                f"The input of '{label}' has last dimension {h.shape[-1]}, which does not split "
+                f"into {self.n_heads} heads; check n_heads (the model config's num_heads)."
+            )
+        return h.unflatten(-1, (self.n_heads, h.shape[-1] // self.n_heads))
+
+
+LayerSpec = Union[nn.Module, LayerCall, Heads]
+"""A module that runs once per forward pass, one call of a module that runs several times, or
+the attention heads at an output projection's input."""
 
 # edit(position_in_layers, activation) -> replacement activation, or None to leave it unchanged
 EditFn = Callable[[int, Tensor], Union[Tensor, None]]
 
 
 def module_of(layer: LayerSpec) -> nn.Module:
-    """The module behind an intervention point (a module, or the module of a LayerCall)."""
-    return layer.module if isinstance(layer, LayerCall) else layer
+    """The module behind an intervention point (a module, or the module of a LayerCall/Heads)."""
+    return layer.module if isinstance(layer, (LayerCall, Heads)) else layer
 
 
 def layer_label(layer: LayerSpec, model: nn.Module | None = None) -> str:
     """A readable name for an intervention point: its dotted name in ``model`` where known."""
     module = module_of(layer)
-    name = layer.name if isinstance(layer, LayerCall) else None
-    if name is None and model is not None:
-        name = next((n for n, m in model.named_modules() if m is module), None)
+    name = layer.name if isinstance(layer, (LayerCall, Heads)) else None
+    if name is not None:
+        return name
+    name = next((n for n, m in model.named_modules() if m is module), None) if model else None
     if name is None:
         name = type(module).__name__
+    if isinstance(layer, Heads):
+        call = "" if layer.call_index is None else f"[call {layer.call_index}]"
+        return f"{name}{call}[heads]"
     return f"{name}[call {layer.call_index}]" if isinstance(layer, LayerCall) else name
 
 
@@ -150,10 +201,13 @@ def _get_activation(value: Any, where: str) -> tuple[Any, Callable[[Any], Any]]:
 class _Site:
     position: int
     call_index: int | None  # None: the module must run exactly once
+    heads: Heads | None = None  # hand the input over split into heads
 
 
 class _CallCounter:
-    def __init__(self, labels: list[str], sites: dict[int, tuple[nn.Module, list[_Site]]]):
+    def __init__(
+        self, labels: list[str], sites: dict[tuple[int, bool], tuple[nn.Module, list[_Site]]]
+    ):
         self.labels = labels
         self.sites = sites
         self.calls = {key: 0 for key in sites}
@@ -208,17 +262,19 @@ def intervene(
         labels: Names used in error messages, one per layer.
 
     Yields:
-        A call counter (``.calls`` maps module ids to the number of calls seen).
+        A call counter (``.calls`` maps ``(module id, on input)`` to the calls seen).
     """
     labels = list(labels) if labels is not None else [layer_label(layer) for layer in layers]
-    sites: dict[int, tuple[nn.Module, list[_Site]]] = {}
+    sites: dict[tuple[int, bool], tuple[nn.Module, list[_Site]]] = {}
     for position, layer in enumerate(layers):
         module = module_of(layer)
-        call_index = layer.call_index if isinstance(layer, LayerCall) else None
-        sites.setdefault(id(module), (module, []))[1].append(_Site(position, call_index))
+        call_index = layer.call_index if isinstance(layer, (LayerCall, Heads)) else None
+        heads = layer if isinstance(layer, Heads) else None
+        key = (id(module), attribute_to_layer_input or heads is not None)  # (module, on input)
+        sites.setdefault(key, (module, []))[1].append(_Site(position, call_index, heads))
     counter = _CallCounter(labels, sites)
 
-    def make_hooks(key: int, module_sites: list[_Site]):
+    def make_hooks(key: tuple[int, bool], module_sites: list[_Site]):
         def apply(value: Any, where: str) -> Any:
             call = counter.calls[key]
             counter.calls[key] += 1
@@ -228,7 +284,18 @@ def intervene(
             tensor, rebuild = _get_activation(value, where)
             changed = False
             for site in active:
-                replacement = edit(site.position, tensor)
+                if site.heads is None:
+                    replacement = edit(site.position, tensor)
+                else:
+                    if not isinstance(tensor, Tensor):
+                        raise InterventionError(
+                            f"The {where} holds several tensors; Heads needs the output "
+                            "projection's one input tensor."
+                        )
+                    split = site.heads.split(tensor, labels[site.position])
+                    replacement = edit(site.position, split)
+                    if replacement is not None:
+                        replacement = replacement.flatten(-2)
                 if replacement is not None:
                     tensor, changed = replacement, True
             return rebuild(tensor) if changed else None
@@ -257,7 +324,7 @@ def intervene(
     try:
         for key, (module, module_sites) in sites.items():
             output_hook, input_hook = make_hooks(key, module_sites)
-            if attribute_to_layer_input:
+            if key[1]:
                 handles.append(module.register_forward_pre_hook(input_hook, with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(output_hook))

@@ -12,6 +12,7 @@ batch its own way.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import warnings
@@ -25,17 +26,22 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._captum_compat import TargetType, run_forward, select_targets
-from .interventions import LayerCall, LayerSpec, check_layers_in_model, layer_label
+from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
 
 __all__ = [
     "CUSTOM_BASELINE",
     "DataTarget",
+    "KeywordInputs",
+    "LABEL_KEYS",
     "Layers",
     "Runner",
     "RunningMoments",
     "all_reduce",
     "baseline_label",
+    "attention_mask_of",
     "batch_target",
+    "call_model",
+    "check_keywords",
     "check_data_target",
     "check_inputs",
     "check_norm",
@@ -45,6 +51,7 @@ __all__ = [
     "first_batch",
     "is_distributed",
     "iterate_batches",
+    "keyword_forward",
     "make_runner",
     "model_device",
     "resolve_device",
@@ -172,6 +179,9 @@ def make_runner(
         >>> run().shape  # (N, 1)
     """
 
+    if isinstance(inputs, KeywordInputs):
+        check_keywords(forward_func, inputs.keys)
+        forward_func = keyword_forward(forward_func, inputs.keys)
     return Runner(forward_func, inputs, forward_args, target)
 
 
@@ -252,7 +262,7 @@ def resolve_layers(model: nn.Module, layers: Layers) -> dict[str, LayerSpec]:
     if isinstance(layers, Mapping):
         resolved = dict(layers)
     else:
-        if isinstance(layers, (str, nn.Module, LayerCall)):
+        if isinstance(layers, (str, nn.Module, LayerCall, Heads)):
             layers = [layers]
         resolved = {}
         for item in layers:
@@ -312,7 +322,7 @@ def batch_target(
         return labels
     if target == "predicted":
         with torch.no_grad():
-            return model(*inputs).argmax(dim=1)
+            return call_model(model, inputs).argmax(dim=1)
     return target
 
 
@@ -327,15 +337,125 @@ def check_data_target(target: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+class KeywordInputs(tuple):
+    """Model inputs read from a dict batch (a tokenizer's ``BatchEncoding``, a collator's dict):
+    a tuple of tensors that remembers their keyword names, so the model is called as
+    ``model(**dict(zip(keys, tensors)))``.
+
+    Everything that handles input tuples (moving to a device, chunking, the batch size from
+    ``inputs[0]``) works on it unchanged; :func:`call_model` and :func:`make_runner` pass it by
+    keyword.
+
+    Examples:
+        >>> inputs = KeywordInputs(("input_ids", "attention_mask"), (ids, mask))
+        >>> call_model(model, inputs)  # model(input_ids=ids, attention_mask=mask)
+    """
+
+    keys: tuple[str, ...]
+
+    def __new__(cls, keys: Sequence[str], values: Iterable[Tensor]) -> KeywordInputs:
+        obj = super().__new__(cls, tuple(values))
+        obj.keys = tuple(keys)
+        return obj
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> KeywordInputs:
+        """The same keys with ``fn`` applied to every tensor."""
+        return KeywordInputs(self.keys, (fn(t) for t in self))
+
+    def as_kwargs(self) -> dict[str, Tensor]:
+        """The inputs as a keyword dict."""
+        return dict(zip(self.keys, self))
+
+    def get(self, key: str) -> Tensor | None:
+        """The tensor named ``key``, if present."""
+        return self.as_kwargs().get(key)
+
+
+def attention_mask_of(inputs: tuple[Tensor, ...]) -> Tensor | None:
+    """The ``attention_mask`` of keyword inputs (``None`` for positional inputs)."""
+    return inputs.get("attention_mask") if isinstance(inputs, KeywordInputs) else None
+
+
+def _map_inputs(inputs: tuple[Tensor, ...], fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
+    return inputs.map(fn) if isinstance(inputs, KeywordInputs) else tuple(fn(t) for t in inputs)
+
+
+def call_model(model: Callable[..., Any], inputs: tuple[Tensor, ...]) -> Any:
+    """``model(*inputs)``, or ``model(**inputs)`` for :class:`KeywordInputs`."""
+    if isinstance(inputs, KeywordInputs):
+        return model(**inputs.as_kwargs())
+    return model(*inputs)
+
+
+def keyword_forward(forward_func: Callable[..., Any], keys: Sequence[str]) -> Callable[..., Any]:
+    """``forward_func`` taking the tensors of ``keys`` positionally, for Captum's calling
+    convention ``f(*inputs, *additional_forward_args)``."""
+    keys = tuple(keys)
+
+    def forward(*args: Any) -> Any:
+        tensors, extra = args[: len(keys)], args[len(keys) :]
+        return forward_func(*extra, **dict(zip(keys, tensors)))
+
+    return forward
+
+
+def check_keywords(model: Any, keys: Sequence[str]) -> None:
+    """A clear error when a dict batch lacks keys the model needs, or has keys it does not take.
+
+    Only checked where ``model.forward`` (or the callable) has an inspectable signature.
+    """
+    target = getattr(model, "forward", model)
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    params = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        accepted = None
+    else:
+        accepted = {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    required = [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    missing = [name for name in required if name not in keys]
+    unknown = [] if accepted is None else [k for k in keys if k not in accepted]
+    if missing or unknown:
+        raise ValueError(
+            f"The dict batch has keys {list(keys)}, but {type(model).__name__}.forward "
+            + (f"needs {missing}" if missing else "")
+            + (" and " if missing and unknown else "")
+            + (f"does not take {unknown}" if unknown else "")
+            + ". Yield batches with the model's input names (a 'labels' key is read as the "
+            "labels and not passed to the model), or rename keys in the collator."
+        )
+
+
+LABEL_KEYS = ("labels", "label")
+"""Keys of a dict batch read as labels (for ``target="label"``) and not passed to the model."""
+
+
 def split_batch(batch: Any) -> tuple[tuple[Tensor, ...], Tensor | None]:
-    """A batch is a tensor, or (inputs, labels), or ((input tensors...), labels)."""
+    """A batch is a tensor, (inputs, labels), ((input tensors...), labels), or a dict.
+
+    A dict (e.g. a tokenizer's ``BatchEncoding``) gives :class:`KeywordInputs` of its tensor
+    values; a ``labels`` (or ``label``) key gives the labels and is not passed to the model.
+    """
     if isinstance(batch, Tensor):
         return (batch,), None
     if isinstance(batch, Mapping):
-        raise TypeError(
-            "Dict batches are not supported directly; wrap the loader so it yields "
-            "(input tensors, labels), or pass a forward wrapper taking tensors."
-        )
+        labels = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        items = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+        bad = [k for k, v in items.items() if not isinstance(v, Tensor)]
+        if bad or not items:
+            raise TypeError(
+                f"A dict batch must map input names to tensors; keys {bad or list(batch)} "
+                "are not tensors (use return_tensors='pt' in the tokenizer / collator)."
+            )
+        labels = labels if isinstance(labels, Tensor) else None
+        return KeywordInputs(list(items), items.values()), labels
     if isinstance(batch, (list, tuple)) and batch:
         inputs, labels = batch[0], (batch[1] if len(batch) > 1 else None)
         inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
@@ -404,7 +524,7 @@ def iterate_batches(
     count = 0
     for batch in tqdm(batches, total=total, desc=what, disable=not progress or rank > 0):
         inputs, labels = split_batch(batch)
-        inputs = tuple(t.to(device, non_blocking=True) for t in inputs)
+        inputs = _map_inputs(inputs, lambda t: t.to(device, non_blocking=True))
         yield inputs, (labels.to(device, non_blocking=True) if labels is not None else None)
         count += 1
     if count == 0 and not is_distributed():
@@ -423,7 +543,7 @@ def chunks(
     n = inputs[0].shape[0]
     step = size or n
     for start in range(0, n, step):
-        part = tuple(t[start : start + step] for t in inputs)
+        part = _map_inputs(inputs, lambda t, start=start: t[start : start + step])
         yield part, (labels[start : start + step] if labels is not None else None)
 
 

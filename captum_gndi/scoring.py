@@ -34,6 +34,7 @@ from .runs import (
     Layers,
     RunningMoments,
     all_reduce,
+    attention_mask_of,
     baseline_label,
     batch_target,
     check_data_target,
@@ -135,9 +136,14 @@ def mean_activations(
 ) -> dict[str, Tensor]:
     """Each layer's mean activation over a data set (shape ``h.shape[1:]``), for mean baselines.
 
+    With dict batches that carry an ``attention_mask`` (Hugging Face tokenizers), activations
+    shaped ``(N, T, ...)`` like the mask are averaged over real tokens only, pooled over
+    positions (shape ``h.shape[2:]``, which broadcasts to any padded length).
+
     Args:
         model: The model.
-        data: A DataLoader or iterable of batches (tensor, or ``(inputs, labels)``).
+        data: A DataLoader or iterable of batches (tensor, ``(inputs, labels)``, or a dict of
+            model inputs).
         layers: Dict name -> module, or list of dotted names / modules.
         device: Where to run (default: the model's device).
         progress: Show a progress bar.
@@ -163,8 +169,8 @@ def mean_activations(
     names, specs = list(named), list(named.values())
     device = resolve_device(model, device)
     sums: list[Tensor | None] = [None] * len(specs)
+    counts: list[Tensor] = [torch.zeros((), dtype=torch.float64, device=device) for _ in specs]
     dtypes = [torch.get_default_dtype()] * len(specs)
-    count = torch.zeros((), dtype=torch.float64, device=device)
     for inputs, _labels in iterate_batches(data, device, max_batches, progress, "mean activations"):
         job = ScoringJob(
             run=make_runner(model, inputs, None, None),
@@ -174,6 +180,7 @@ def mean_activations(
             attribute_to_layer_input=attribute_to_layer_input,
         )
         _, activations = capture_activations(job)
+        mask = attention_mask_of(inputs)
         for i, h in enumerate(activations):
             if isinstance(h, tuple):
                 raise ValueError(
@@ -181,23 +188,31 @@ def mean_activations(
                     "baselines need one tensor per layer. Pass a tuple of layer baselines, one "
                     "per tensor, or pick the submodule that produces the tensor you want."
                 )
-            total = h.to(torch.float64).sum(0)
+            if mask is not None and h.dim() >= 3 and tuple(h.shape[:2]) == tuple(mask.shape):
+                # token activations under an attention mask: pooled over real tokens only, so
+                # padding neither biases the mean nor ties it to one padded length
+                weights = mask.to(torch.float64).reshape(*mask.shape, *([1] * (h.dim() - 2)))
+                total = (h.to(torch.float64) * weights).sum((0, 1))
+                counts[i] += mask.sum()
+            else:
+                total = h.to(torch.float64).sum(0)
+                counts[i] += h.shape[0]
             if sums[i] is not None and sums[i].shape != total.shape:
                 raise ValueError(
                     f"Layer '{names[i]}' changes shape between batches ({tuple(sums[i].shape)} vs "
                     f"{tuple(total.shape)}); a mean baseline needs fixed shapes (pad inputs to "
-                    "one length)."
+                    "one length, or pass an attention_mask so token positions are pooled)."
                 )
             if sums[i] is None:
                 sums[i] = total
             else:
                 sums[i].add_(total)  # in place: no new long-lived tensor per batch
             dtypes[i] = h.dtype
-        count += inputs[0].shape[0]
-    *sums, count = all_reduce([*sums, count], device)
-    if count.item() == 0:
+    reduced = all_reduce([*sums, *counts], device)
+    sums, counts = reduced[: len(specs)], reduced[len(specs) :]
+    if any(c is None or c.item() == 0 for c in counts):
         raise ValueError("The data yielded no examples; pass a non-empty data loader.")
-    return {n: (s / count).to(d) for n, s, d in zip(names, sums, dtypes)}  # type: ignore[operator]
+    return {n: (s / c).to(d) for n, s, c, d in zip(names, sums, counts, dtypes)}  # type: ignore[operator]
 
 
 def layer_baselines(

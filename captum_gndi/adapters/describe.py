@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..interventions import InterventionError, LayerCall, intervene
-from .generic import Point, kind_argument, module_of
+from ..interventions import InterventionError, LayerCall, intervene, module_of
+from .generic import Point, kind_argument
 from .registry import find_points
 
 __all__ = ["describe_layers"]

@@ -153,11 +153,6 @@ def kind_argument(kind: str, granularity: str | None, function: str) -> str:
     return granularity
 
 
-def module_of(layer: LayerSpec) -> nn.Module:
-    """The module behind an intervention point."""
-    return layer.module if isinstance(layer, LayerCall) else layer
-
-
 def is_conv(module: nn.Module) -> bool:
     """Whether ``module`` is a convolution (any dimension, transposed included)."""
     return isinstance(module, nn.modules.conv._ConvNd)

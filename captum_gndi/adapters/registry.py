@@ -15,7 +15,7 @@ from typing import Union
 
 from torch import nn
 
-from ..interventions import LayerCall, LayerSpec
+from ..interventions import Heads, LayerCall, LayerSpec
 from .generic import (
     KINDS,
     Point,
@@ -156,10 +156,10 @@ def _points_from(adapter: Adapter | None, model: nn.Module, kind: str) -> list[P
         raise _NotRecognised(adapter.name)
     points = _as_points(result)
     for point in points:
-        if not isinstance(point.layer, (nn.Module, LayerCall)):
+        if not isinstance(point.layer, (nn.Module, LayerCall, Heads)):
             raise TypeError(
                 f"The {adapter.name} adapter returned a {type(point.layer).__name__} for "
-                f"{point.name!r}; adapters must return modules or LayerCall objects."
+                f"{point.name!r}; adapters must return modules, LayerCall or Heads objects."
             )
     if not points:
         raise UnsupportedKind(f"the {adapter.name} adapter found no {kind!r} points")

@@ -36,6 +36,7 @@ from ..interventions import LayerSpec, intervene
 from ..runs import (
     Layers,
     baseline_label,
+    call_model,
     channel_count,
     first_batch,
     iterate_batches,
@@ -98,7 +99,7 @@ def _probe(
             shapes[names[position]] = tuple(h.shape)
 
     with torch.no_grad(), intervene(specs, edit, labels=names):
-        model(*inputs)
+        call_model(model, inputs)
     return {names[p]: depth for depth, p in enumerate(order)}, shapes
 
 
@@ -200,7 +201,7 @@ def intervened_output(
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     edit = _edit_for(baseline, channel, channel_dim, "layer")
     with torch.no_grad(), intervene([layer], edit):
-        return model(*inputs)
+        return call_model(model, inputs)
 
 
 def _per_example_damage(
