@@ -16,8 +16,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..criteria import available_criteria as available_methods
+from ..criteria import channel_scores
 from ..scoring import compute_gndi
-from ..validation.criteria import available_methods, channel_scores
 from .layers import PrunableLayer
 
 __all__ = ["CRITERIA", "channel_importance"]

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..baselines import LayerBaseline
-from ..scoring import DataTarget, Layers, _model_device, resolve_layers
-from .ablation import _first_batch, ablate, layer_baselines, select_units
-from .criteria import UndefinedCriterion, _check_methods, _context, _score_each
+from ..criteria import UndefinedCriterion, build_context, check_criteria, score_each
+from ..runs import DataTarget, Layers, first_batch, resolve_device, resolve_layers
+from .ablation import ablate, layer_baselines, select_units
 from .report import ValidationReport, build_report
 
 __all__ = ["validate"]
@@ -93,9 +93,9 @@ def validate(
     """
     started = time.perf_counter()
     named = resolve_layers(model, layers)
-    method_names = _check_methods(methods)
-    device = torch.device(device) if device is not None else _model_device(model)
-    has_labels = _first_batch(data, device)[1] is not None
+    method_names = check_criteria(methods)
+    device = resolve_device(model, device)
+    has_labels = first_batch(data, device)[1] is not None
     if damage is None:
         damage = LABELLED_DAMAGE if has_labels else UNLABELLED_DAMAGE
     units = select_units(model, data, named, granularity, n_channels, seed, channel_dim, device)
@@ -105,14 +105,26 @@ def validate(
         device=device, progress=progress, max_batches=max_batches,
     )  # fmt: skip
     seconds = {"ablation": time.perf_counter() - started}
-    ctx = _context(
-        model, data, named, granularity, specs, target, units, None, seed, n_random, n_steps,
-        "gausslegendre", channel_dim, device, progress, max_batches,
-    )  # fmt: skip
+    ctx = build_context(
+        model,
+        data,
+        named,
+        granularity=granularity,
+        baseline=specs,
+        target=target,
+        units=units,
+        seed=seed,
+        n_random=n_random,
+        n_steps=n_steps,
+        channel_dim=channel_dim,
+        device=device,
+        progress=progress,
+        max_batches=max_batches,
+    )
     scores: dict[str, np.ndarray] = {}
     per_example: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
-    for name, result, elapsed in _timed(_score_each(ctx, method_names)):
+    for name, result, elapsed in _timed(score_each(ctx, method_names)):
         if isinstance(result, UndefinedCriterion):
             warnings.warn(f"Skipping {name}: {result}", stacklevel=2)
             skipped[name] = str(result)

@@ -1,75 +1,51 @@
 """The validation report: do the importance scores predict the damage of real ablations?
 
 :func:`build_report` takes per-unit damage (one vector per damage metric) and per-unit scores
-(one vector per method, or a stack of runs such as random seeds) and computes, with
+(one vector per criterion, or a stack of runs such as random seeds) and computes, with
 :mod:`captum_gndi.validation.stats`:
 
-- Pearson, Spearman and Kendall correlations of every method with every damage metric, each
+- Pearson, Spearman and Kendall correlations of every criterion with every damage metric, each
   with a bootstrap confidence interval and a permutation p-value;
 - the partial Spearman correlation given depth (what a score knows beyond "earlier layers
   matter more");
-- for every method that is not a control, the paired bootstrap interval of its Spearman minus
+- for every criterion that is not a control, the paired bootstrap interval of its Spearman minus
   each control's, with a verdict: "beats", "does not beat" or "loses to";
 - top-k overlap and, where per-example values are given, per-example agreement.
 
-:class:`ValidationReport` renders them as markdown (verdicts first), JSON, CSV and figures.
+:class:`ValidationReport` holds the results; rendering them as words, markdown (verdicts first),
+JSON, CSV and figures lives in :mod:`captum_gndi.validation.render` (words and markdown) and
+:mod:`captum_gndi.validation.export` (JSON, CSV, figures, the report folder), which the report's
+methods (:meth:`~ValidationReport.to_markdown`, :meth:`~ValidationReport.save`, ...) call.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from . import stats
-from .criteria import CONTROL_METHODS
-from .stats import Agreement, Estimate
+from ..criteria import CONTROL_CRITERIA
+from . import export, render, stats
+from .stats import PARTIAL, STATISTICS, Agreement, Estimate
 
-__all__ = ["SMALL_UNIT_COUNT", "ValidationReport", "build_report"]
+__all__ = ["PARTIAL", "SMALL_UNIT_COUNT", "STATISTICS", "ValidationReport", "build_report"]
 
 SMALL_UNIT_COUNT = 15
-"""Below this many units the report warns that correlations cannot separate methods."""
+"""Below this many units the report warns that correlations cannot separate criteria."""
 
-PARTIAL = "partial_spearman"
-STATISTICS = (*stats.CORRELATIONS, PARTIAL)
-_HEADERS = {
-    "pearson": "Pearson",
-    "spearman": "Spearman",
-    "kendall": "Kendall",
-    PARTIAL: "partial Spearman given depth",
-}
-_LABELS = {
-    "gndi": "G-NDI",
-    "gndi_path": "G-NDI (path-integrated)",
-    "snip": "SNIP",
-    "grasp": "GraSP",
-    "synflow": "SynFlow",
-    "hrank": "HRank",
-    "taylor": "Taylor",
-    "grad_x_activation": "gradient x activation",
-    "layer_conductance": "layer conductance",
-    "layer_integrated_gradients": "layer integrated gradients",
-    "activation_change": "activation change ||h - b||",
-    "param_count": "parameter count",
-}
-_RUN = re.compile(r"(?P<method>.+)_seed\d+")
-_MAX_BAR_UNITS = 100
+_RUN = re.compile(r"(?P<criterion>.+)_seed\d+")
 
 
 @dataclass
 class ValidationReport:
     """Statistics of scores against ablation damage, ready to print or save.
 
-    Build it with :func:`build_report`. Methods are *groups* of score runs: a key
+    Build it with :func:`build_report`. Criteria are *groups* of score runs: a key
     ``NAME_seedK`` of the scores is run ``K`` of ``NAME``, and a ``(S, U)`` score array holds
     ``S`` runs; the statistics of a group average its runs' correlations.
 
@@ -78,15 +54,16 @@ class ValidationReport:
         depth: ``(U,)`` depth of each unit (forward position of its layer).
         damage: Metric -> ``(U,)`` damage; the first metric is the primary one.
         scores: Score key -> ``(U,)`` or ``(S, U)`` scores, as given.
-        groups: Method -> its score keys (``random`` -> ``random_seed0``, ...).
+        groups: Criterion -> its score keys (``random`` -> ``random_seed0``, ...).
         metadata: Free-form description of the run (model, data, baseline, ...).
         settings: Resampling settings (``n_boot``, ``n_perm``, ``seed``, ...).
-        correlations: Method -> metric -> statistic -> :class:`~.stats.Estimate`; the
+        correlations: Criterion -> metric -> statistic -> :class:`~.stats.Estimate`; the
             statistics are ``pearson``, ``spearman``, ``kendall`` and ``partial_spearman``.
-        comparisons: Method -> control -> metric -> ``Spearman(method) - Spearman(control)``.
-        top_k: Method -> metric -> label (``"top-5"``, ``"top-10%"``) -> overlap or ``None``.
+        comparisons: Criterion -> control -> metric -> ``Spearman(criterion) -
+            Spearman(control)``.
+        top_k: Criterion -> metric -> label (``"top-5"``, ``"top-10%"``) -> overlap or ``None``.
         top_k_sizes: Label -> ``k``.
-        per_example: Method -> metric -> :class:`~.stats.Agreement`.
+        per_example: Criterion -> metric -> :class:`~.stats.Agreement`.
         warnings: Warnings shown at the top of the report.
     """
 
@@ -110,55 +87,49 @@ class ValidationReport:
         return next(iter(self.damage))
 
     @property
+    def criteria(self) -> list[str]:
+        """Criteria that are not controls, in the order given."""
+        return [c for c in self.groups if c not in CONTROL_CRITERIA]
+
+    @property
     def methods(self) -> list[str]:
-        """Methods that are not controls, in the order given."""
-        return [m for m in self.groups if m not in CONTROL_METHODS]
+        """Deprecated name of :attr:`criteria` (kept for one release)."""
+        warnings.warn(
+            "ValidationReport.methods is deprecated; use ValidationReport.criteria.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.criteria
 
     @property
     def controls(self) -> list[str]:
-        """Control methods present, in the order given."""
-        return [m for m in self.groups if m in CONTROL_METHODS]
+        """Control criteria present, in the order given."""
+        return [c for c in self.groups if c in CONTROL_CRITERIA]
+
+    def runs(self, criterion: str) -> np.ndarray:
+        """All score runs of one criterion as ``(S, U)`` (``S = 1`` for a single score).
+
+        Args:
+            criterion: A key of :attr:`groups`.
+
+        Returns:
+            The runs stacked in the order of ``groups[criterion]``.
+
+        Examples:
+            >>> report.runs("random").shape  # doctest: +SKIP
+            (10, 16)
+        """
+        return np.concatenate([np.atleast_2d(self.scores[key]) for key in self.groups[criterion]])
 
     def verdicts(self) -> list[str]:
-        """One plain-words sentence per method on the primary damage metric.
+        """One plain-words sentence per criterion on the primary damage metric.
 
         Returns:
             Sentences such as ``"**G-NDI** (Spearman 0.98 [0.90, 1.00]; ...) beats depth
             (ΔSpearman +0.12 [0.04, 0.20]), but not gradient x activation (...)."``
+            (see :func:`~captum_gndi.validation.render.render_verdicts`).
         """
-        metric = self.primary_metric
-        sentences = []
-        for method in self.methods:
-            own = self.correlations[method][metric]
-            if own["spearman"].value is None:
-                sentences.append(f"**{self._label(method)}**: {own['spearman'].note}; no verdict.")
-                continue
-            found: dict[str | None, list[str]] = {}
-            for control in self.controls:
-                diff = self.comparisons[method][control][metric]
-                text = f"{self._label(control)} (ΔSpearman {_signed(diff)})"
-                if diff.value is None:
-                    text = f"{self._label(control)} ({diff.note})"
-                found.setdefault(stats.verdict(diff), []).append(text)
-            clauses = []
-            if found.get("beats"):
-                clauses.append("beats " + _join(found["beats"], "and"))
-            if found.get("does not beat"):
-                lead = "but not " if clauses else "does not beat "
-                clauses.append(lead + _join(found["does not beat"], "or"))
-            if found.get("loses to"):
-                clauses.append(
-                    ("and loses to " if clauses else "loses to ") + _join(found["loses to"], "and")
-                )
-            if found.get(None):
-                clauses.append("is not judged against " + _join(found[None], "or"))
-            summary = (
-                f"Spearman {_interval(own['spearman'], 2)}; "
-                f"{_interval(own[PARTIAL], 2)} beyond depth"
-            )
-            body = ", ".join(clauses) if clauses else "has no control to be compared with"
-            sentences.append(f"**{self._label(method)}** ({summary}) {body}.")
-        return sentences
+        return render.render_verdicts(self)
 
     def to_markdown(self) -> str:
         """The report as markdown: settings, warnings, verdicts, then the tables.
@@ -166,40 +137,7 @@ class ValidationReport:
         Returns:
             Markdown text (also what ``str(report)`` gives).
         """
-        s = self.settings
-        lines = ["# Validation report: do the scores predict the damage of ablations?", ""]
-        lines += ["| setting | value |", "|---|---|"]
-        for key, value in self.metadata.items():
-            lines.append(f"| {key} | {_md_value(value)} |")
-        metrics = ", ".join(f"`{m}`" for m in self.damage)
-        lines += [
-            f"| units | {len(self.units)} |",
-            f"| damage metrics | {metrics} (primary: `{self.primary_metric}`) |",
-            "| intervals | "
-            + (
-                f"{s['confidence_level']:.0%} {s['ci_method']} bootstrap over units (percentile "
-                f"where BCa is undefined), {s['n_boot']} paired resamples, seed {s['seed']} |"
-                if s["n_boot"]
-                else "none (n_boot = 0): no verdicts |"
-            ),
-            "| p-values | "
-            + (
-                f"two-sided permutation test, {s['n_perm']} permutations |"
-                if s["n_perm"]
-                else "none (n_perm = 0) |"
-            ),
-            "",
-        ]
-        lines += [f"> **Warning:** {w}" + "\n" for w in self.warnings]
-        lines += [f"## Verdicts on `{self.primary_metric}`", ""]
-        lines += [f"- {v}" for v in self.verdicts()] or ["- No method other than controls."]
-        lines += ["", self._legend(), ""]
-        for metric in self.damage:
-            lines += self._correlation_table(metric)
-        lines += self._comparison_table()
-        lines += self._per_example_table()
-        lines += self._top_k_table()
-        return "\n".join(lines).rstrip() + "\n"
+        return render.render_markdown(self)
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -210,36 +148,7 @@ class ValidationReport:
         Returns:
             A dict that ``json.loads(json.dumps(d)) == d``.
         """
-        return _jsonable(
-            {
-                "metadata": self.metadata,
-                "settings": self.settings,
-                "primary_metric": self.primary_metric,
-                "warnings": self.warnings,
-                "verdicts": self.verdicts(),
-                "methods": self.methods,
-                "controls": self.controls,
-                "groups": self.groups,
-                "units": self.units,
-                "depth": self.depth,
-                "damage": self.damage,
-                "scores": self.scores,
-                "correlations": _nested(self.correlations),
-                "comparisons": {
-                    method: {
-                        control: {
-                            metric: {**diff.to_dict(), "verdict": stats.verdict(diff)}
-                            for metric, diff in per_metric.items()
-                        }
-                        for control, per_metric in per_control.items()
-                    }
-                    for method, per_control in self.comparisons.items()
-                },
-                "top_k": self.top_k,
-                "top_k_sizes": self.top_k_sizes,
-                "per_example": _nested(self.per_example),
-            }
-        )
+        return export.report_dict(self)
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write the report, its data and its figures to a folder (created if needed).
@@ -249,7 +158,7 @@ class ValidationReport:
 
         Returns:
             Dict kind -> path: ``markdown`` (report.md), ``json`` (report.json),
-            ``correlations`` (correlations.csv: one row per method, metric and statistic),
+            ``correlations`` (correlations.csv: one row per criterion, metric and statistic),
             ``units`` (units.csv: per-unit depth, damage and scores), ``scatter``
             (scatter_<primary metric>.png) and ``bars`` (bars.png; not written above 100 units).
 
@@ -258,219 +167,7 @@ class ValidationReport:
             >>> paths["markdown"].read_text().splitlines()[0]  # doctest: +SKIP
             '# Validation report: do the scores predict the damage of ablations?'
         """
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "markdown": out / "report.md",
-            "json": out / "report.json",
-            "correlations": out / "correlations.csv",
-            "units": out / "units.csv",
-            "scatter": out / f"scatter_{self.primary_metric}.png",
-        }
-        _save(self._scatter_figure(), paths["scatter"])
-        figures = [f"![predicted vs true damage]({paths['scatter'].name})"]
-        if len(self.units) <= _MAX_BAR_UNITS:
-            paths["bars"] = out / "bars.png"
-            _save(self._bars_figure(), paths["bars"])
-            figures.append(f"![normalised damage and scores per unit]({paths['bars'].name})")
-        else:
-            figures.append(f"(No per-unit bars: more than {_MAX_BAR_UNITS} units.)")
-        paths["markdown"].write_text(
-            self.to_markdown() + "\n## Figures\n\n" + "\n\n".join(figures) + "\n"
-        )
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
-        _write_csv(paths["correlations"], self._correlation_rows())
-        _write_csv(paths["units"], self._unit_rows())
-        return paths
-
-    # -- markdown pieces ----------------------------------------------------------------------
-
-    def _label(self, method: str) -> str:
-        label = _LABELS.get(method, method)
-        runs = self._runs(method)
-        return f"{label} averaged over {len(runs)} runs" if len(runs) > 1 else label
-
-    def _runs(self, method: str) -> np.ndarray:
-        return np.concatenate([np.atleast_2d(self.scores[key]) for key in self.groups[method]])
-
-    def _legend(self) -> str:
-        controls = ", ".join(f"`{c}`" for c in self.controls) or "none"
-        notes = [
-            f"Controls: {controls}. ΔSpearman is the method's Spearman minus the control's, "
-            f"with a paired bootstrap {self.settings['confidence_level']:.0%} interval (the same "
-            'resampled units for both); "beats": interval above 0, "loses to": below 0, '
-            '"does not beat": it includes 0. "Beyond depth" is the partial Spearman '
-            "correlation given depth."
-        ]
-        averaged = [f"`{m}` ({len(self._runs(m))})" for m in self.groups if len(self._runs(m)) > 1]
-        if averaged:
-            notes.append(
-                "Averaged over runs (correlations averaged within each resample): "
-                + ", ".join(averaged)
-                + "."
-            )
-        return " ".join(notes)
-
-    def _rows(self) -> list[str]:
-        return self.methods + self.controls
-
-    def _correlation_table(self, metric: str) -> list[str]:
-        head = [_HEADERS[s] for s in STATISTICS]
-        lines = [f"## Correlations with `{metric}`", ""]
-        lines += ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-        for method in self._rows():
-            cells = [_cell(self.correlations[method][metric][s]) for s in STATISTICS]
-            lines.append(f"| {self._row_name(method)} | " + " | ".join(cells) + " |")
-        return [*lines, ""]
-
-    def _row_name(self, method: str) -> str:
-        return f"`{method}` (control)" if method in CONTROL_METHODS else f"`{method}`"
-
-    def _comparison_table(self) -> list[str]:
-        if not (self.methods and self.controls):
-            return []
-        metrics = list(self.damage)
-        lines = ["## ΔSpearman against each control", ""]
-        lines += ["| method | control | " + " | ".join(f"`{m}`" for m in metrics) + " |"]
-        lines.append("|---|---" + "|---" * len(metrics) + "|")
-        for method in self.methods:
-            for control in self.controls:
-                cells = []
-                for metric in metrics:
-                    diff = self.comparisons[method][control][metric]
-                    word = stats.verdict(diff)
-                    cells.append(diff.note or f"{_signed(diff, 3)} {word or ''}".strip())
-                lines.append(f"| `{method}` | `{control}` | " + " | ".join(cells) + " |")
-        return [*lines, ""]
-
-    def _per_example_table(self) -> list[str]:
-        if not self.per_example:
-            return []
-        lines = [
-            "## Per-example agreement",
-            "",
-            "Spearman correlation across units between per-example scores and per-example "
-            "damage, one per example: median and interquartile range. Examples whose score "
-            "or damage is constant across units are skipped.",
-            "",
-            "| method | metric | median | IQR | examples | skipped (constant) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for method in (m for m in self._rows() if m in self.per_example):
-            for metric, a in self.per_example[method].items():
-                iqr = "–" if a.q25 is None else f"[{a.q25:.3f}, {a.q75:.3f}]"
-                lines.append(
-                    f"| {self._row_name(method)} | `{metric}` | {_number(a.median)} | {iqr} "
-                    f"| {a.n_used} "
-                    f"| {a.n_skipped} |"
-                )
-        return [*lines, ""]
-
-    def _top_k_table(self) -> list[str]:
-        labels = list(self.top_k_sizes)
-        head = [f"{label} (k={self.top_k_sizes[label]})" for label in labels]
-        lines = [
-            "## Top-k overlap",
-            "",
-            "|top-k by score ∩ top-k by damage| / k (ties broken by unit order).",
-            "",
-            "| method | metric | " + " | ".join(head) + " |",
-            "|---|---" + "|---" * len(head) + "|",
-        ]
-        for method in self._rows():
-            for metric in self.damage:
-                cells = [_number(self.top_k[method][metric][label], 2) for label in labels]
-                lines.append(
-                    f"| {self._row_name(method)} | `{metric}` | " + " | ".join(cells) + " |"
-                )
-        return [*lines, ""]
-
-    # -- CSV rows -----------------------------------------------------------------------------
-
-    def _correlation_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for method, per_metric in self.correlations.items():
-            for metric, per_stat in per_metric.items():
-                for statistic, est in per_stat.items():
-                    rows.append(_csv_row(method, metric, statistic, "", est, None))
-        for method, per_control in self.comparisons.items():
-            for control, per_metric in per_control.items():
-                for metric, diff in per_metric.items():
-                    rows.append(
-                        _csv_row(
-                            method, metric, "delta_spearman", control, diff, stats.verdict(diff)
-                        )
-                    )
-        return rows
-
-    def _unit_rows(self) -> list[dict[str, Any]]:
-        columns: dict[str, np.ndarray] = {"depth": self.depth}
-        columns.update({f"damage:{m}": v for m, v in self.damage.items()})
-        for key, values in self.scores.items():
-            runs = np.atleast_2d(values)
-            if len(runs) == 1:
-                columns[f"score:{key}"] = runs[0]
-            else:
-                columns.update({f"score:{key}[{s}]": run for s, run in enumerate(runs)})
-        return [
-            {"unit": unit, **{name: float(v[i]) for name, v in columns.items()}}
-            for i, unit in enumerate(self.units)
-        ]
-
-    # -- figures ------------------------------------------------------------------------------
-
-    def _scatter_figure(self) -> Figure:
-        metric, names = self.primary_metric, self._rows()
-        cols = min(4, len(names))
-        rows = math.ceil(len(names) / cols)
-        fig = Figure(figsize=(3.6 * cols, 3.2 * rows), layout="constrained")
-        axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        for ax, method in zip(axes, names):
-            runs = self._runs(method)
-            ax.scatter(runs[0], self.damage[metric], s=14, alpha=0.8)
-            rho = self.correlations[method][metric]["spearman"]
-            tau = self.correlations[method][metric]["kendall"]
-            ranks = (
-                rho.note
-                if rho.value is None
-                else f"Spearman {rho.value:.2f}, Kendall {tau.value:.2f}"
-            )
-            title = method
-            if len(runs) > 1:
-                title, ranks = f"{method}: run 1 of {len(runs)} shown", f"mean {ranks}"
-            ax.set_title(f"{title}\n{ranks}", fontsize=9)
-            ax.set_xlabel("score (predicted damage)", fontsize=8)
-            ax.set_ylabel(f"true damage: {metric}", fontsize=8)
-            ax.tick_params(labelsize=7)
-        for ax in axes[len(names) :]:
-            ax.set_visible(False)
-        return fig
-
-    def _bars_figure(self) -> Figure:
-        series = {f"damage: {self.primary_metric}": self.damage[self.primary_metric]}
-        for method in self._rows():
-            runs = self._runs(method)
-            name = f"{method} (mean of {len(runs)} runs)" if len(runs) > 1 else method
-            series[name] = runs.mean(axis=0)
-        fig = Figure(
-            figsize=(max(6.0, 0.25 * len(self.units) + 2), 1.1 * len(series) + 1.2),
-            layout="constrained",
-        )
-        axes = fig.subplots(len(series), 1, sharex=True, squeeze=False).ravel()
-        positions = np.arange(len(self.units))
-        for ax, (name, values) in zip(axes, series.items()):
-            scale = np.max(np.abs(values))
-            ax.bar(
-                positions,
-                values / scale if scale > 0 else values,
-                color="C0" if ax is axes[0] else "C1",
-            )
-            ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-            ax.set_yticks([])
-            ax.axhline(0, color="black", lw=0.5)
-        axes[-1].set_xticks(positions, self.units, rotation=90, fontsize=7)
-        fig.suptitle("Damage and scores per unit, each divided by its largest |value|", fontsize=10)
-        return fig
+        return export.save_report(self, out_dir)
 
 
 def build_report(
@@ -489,8 +186,8 @@ def build_report(
 ) -> ValidationReport:
     """Compare importance scores with ablation damage across units.
 
-    Methods named ``depth``, ``param_count``, ``activation_change``, ``random`` and
-    ``grad_x_activation`` are controls; every other method is compared with each of them.
+    Criteria named ``depth``, ``param_count``, ``activation_change``, ``random`` and
+    ``grad_x_activation`` are controls; every other criterion is compared with each of them.
 
     Args:
         units: Names of the ``U`` units (layers or channels), in forward order.
@@ -498,10 +195,10 @@ def build_report(
             control for it).
         damage: Metric -> ``(U,)`` damage of ablating each unit; the first is the primary
             metric of the verdicts and figures.
-        scores: Method -> ``(U,)`` scores (higher: more important), or ``(S, U)`` for ``S``
+        scores: Criterion -> ``(U,)`` scores (higher: more important), or ``(S, U)`` for ``S``
             runs; keys ``NAME_seedK`` are runs of ``NAME``. Runs are averaged.
         damage_per_example: Metric -> ``(N, U)`` per-example damage.
-        scores_per_example: Method (or run key) -> ``(N, U)`` per-example scores.
+        scores_per_example: Criterion (or run key) -> ``(N, U)`` per-example scores.
         metadata: Description of the run shown at the top (model, data, baseline, ...).
         n_boot: Bootstrap resamples of the units per interval (0: no intervals, no verdicts).
         seed: Seed of all resampling.
@@ -534,7 +231,7 @@ def build_report(
     options = dict(n_boot=n_boot, seed=seed, confidence_level=confidence_level)
 
     correlations = {
-        method: {
+        criterion: {
             metric: {
                 **{
                     kind: stats.correlation(x, y, kind, n_perm=n_perm, **options)
@@ -544,29 +241,29 @@ def build_report(
             }
             for metric, y in damage.items()
         }
-        for method, x in runs.items()
+        for criterion, x in runs.items()
     }
-    controls = [m for m in groups if m in CONTROL_METHODS]
+    controls = [m for m in groups if m in CONTROL_CRITERIA]
     comparisons = {
-        method: {
+        criterion: {
             control: {
-                metric: stats.spearman_difference(runs[method], runs[control], y, **options)
+                metric: stats.spearman_difference(runs[criterion], runs[control], y, **options)
                 for metric, y in damage.items()
             }
             for control in controls
         }
-        for method in groups
-        if method not in CONTROL_METHODS
+        for criterion in groups
+        if criterion not in CONTROL_CRITERIA
     }
     sizes = {"top-5": min(5, n), "top-10%": max(1, round(0.1 * n))}
     top_k = {
-        method: {
+        criterion: {
             metric: {label: stats.top_k_overlap(x, y, k) for label, k in sizes.items()}
             for metric, y in damage.items()
         }
-        for method, x in runs.items()
+        for criterion, x in runs.items()
     }
-    warnings = _warnings(n, depth, damage, controls)
+    found = _warnings(n, depth, damage, controls)
     return ValidationReport(
         units=list(units),
         depth=depth,
@@ -587,7 +284,7 @@ def build_report(
         top_k=top_k,
         top_k_sizes=sizes,
         per_example=per_example,
-        warnings=warnings,
+        warnings=found,
     )
 
 
@@ -612,7 +309,7 @@ def _groups(scores: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for key in scores:
         match = _RUN.fullmatch(key)
-        groups.setdefault(match["method"] if match else key, []).append(key)
+        groups.setdefault(match["criterion"] if match else key, []).append(key)
     return groups
 
 
@@ -630,17 +327,17 @@ def _per_example(
             "method's per-unit scores too."
         )
     result = {}
-    for method, keys in groups.items():
+    for criterion, keys in groups.items():
         present = [np.asarray(scores[k], dtype=float) for k in keys if k in scores]
         if not present:
             continue
         for a in present:
             if a.shape[-1] != n:
                 raise ValueError(
-                    f"per-example scores of '{method}' must have {n} units; got {a.shape}."
+                    f"per-example scores of '{criterion}' must have {n} units; got {a.shape}."
                 )
         stacked = np.concatenate([a.reshape(-1, *a.shape[-2:]) for a in present])
-        result[method] = {
+        result[criterion] = {
             metric: stats.per_example_agreement(stacked, np.asarray(y, dtype=float))
             for metric, y in damage.items()
         }
@@ -669,101 +366,3 @@ def _warnings(
                 "depth there, and every partial correlation given depth is 0."
             )
     return found
-
-
-def _md_value(value: Any) -> str:
-    """A metadata value for a markdown table cell: lists joined, dicts as ``key: value``."""
-    return _plain(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "; ".join(f"{k}: {_plain(v)}" for k, v in value.items()) or "–"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_plain(v) for v in value) or "–"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _number(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _interval(est: Estimate, digits: int = 3) -> str:
-    if est.value is None:
-        return est.note or "–"
-    if est.ci_low is None:
-        return _number(est.value, digits)
-    return f"{est.value:.{digits}f} [{est.ci_low:.{digits}f}, {est.ci_high:.{digits}f}]"
-
-
-def _signed(est: Estimate, digits: int = 2) -> str:
-    if est.value is None:
-        return est.note or "–"
-    text = f"{est.value:+.{digits}f}"
-    if est.ci_low is not None:
-        text += f" [{est.ci_low:.{digits}f}, {est.ci_high:.{digits}f}]"
-    return text
-
-
-def _cell(est: Estimate) -> str:
-    text = _interval(est)
-    return text if est.p_value is None else f"{text} p={est.p_value:.2g}"
-
-
-def _join(items: list[str], word: str) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} {items[-1]}"
-
-
-def _nested(tree: Any) -> Any:
-    if isinstance(tree, (Estimate, Agreement)):
-        return tree.to_dict()
-    return {key: _nested(value) for key, value in tree.items()}
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types: dicts with str keys, lists, str, int, finite float, bool, None."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
-
-
-def _csv_row(
-    method: str, metric: str, statistic: str, control: str, est: Estimate, word: str | None
-) -> dict[str, Any]:
-    return {
-        "method": method,
-        "metric": metric,
-        "statistic": statistic,
-        "control": control,
-        "estimate": est.value,
-        "ci_low": est.ci_low,
-        "ci_high": est.ci_high,
-        "p_value": est.p_value,
-        "ci_method": est.ci_method,
-        "verdict": word,
-        "note": est.note,
-    }
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-
-
-def _save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110)

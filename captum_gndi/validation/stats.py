@@ -35,6 +35,8 @@ from scipy import stats
 __all__ = [
     "CONSTANT_RTOL",
     "CORRELATIONS",
+    "PARTIAL",
+    "STATISTICS",
     "Agreement",
     "Estimate",
     "correlation",
@@ -48,6 +50,10 @@ __all__ = [
 
 CONSTANT_RTOL = 1e-6
 CORRELATIONS = ("pearson", "spearman", "kendall")
+PARTIAL = "partial_spearman"
+"""Key of the partial Spearman correlation given depth among a report's statistics."""
+STATISTICS = (*CORRELATIONS, PARTIAL)
+"""The statistics a validation report holds per criterion and damage metric, in table order."""
 CorrelationKind = Literal["pearson", "spearman", "kendall"]
 CIMethod = Literal["BCa", "percentile"]
 

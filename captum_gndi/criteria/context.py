@@ -1,0 +1,381 @@
+"""What every criterion is given, and the helpers criteria share.
+
+A criterion is a small function ``criterion(ctx) -> (scores, per_example)`` (the
+:class:`Criterion` protocol). Its :class:`CriterionContext` holds the model, the data, the
+resolved layers, the units to score, one layer baseline per layer and the settings
+(target, integration points, seeds, device, ...); :func:`build_context` builds it from keyword
+arguments with defaults and checks them once. The helpers here (:func:`per_example_scores`,
+:func:`unit_sums`, ...) turn per-layer tensors into the ``(N, U)`` per-example matrix every
+per-example criterion returns.
+
+This module reads data only through :mod:`captum_gndi.runs` and builds scoring jobs for
+:mod:`captum_gndi.engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._captum_compat import integration_points
+from ..baselines import LayerBaseline
+from ..engine import ScoringJob, capture_activations
+from ..interventions import LayerCall, LayerSpec
+from ..runs import (
+    DataTarget,
+    Layers,
+    batch_target,
+    check_data_target,
+    iterate_batches,
+    make_runner,
+    resolve_device,
+    resolve_layers,
+    warn_if_training,
+)
+from ..scoring import layer_baselines
+
+if TYPE_CHECKING:
+    from ..validation.ablation import Unit
+
+__all__ = [
+    "Criterion",
+    "CriterionContext",
+    "CriterionResult",
+    "PerLayer",
+    "UndefinedCriterion",
+    "build_context",
+    "check_float_inputs",
+    "first_tensor",
+    "per_example_scores",
+    "unit_sums",
+]
+
+CriterionResult = tuple[np.ndarray, Optional[np.ndarray]]
+"""``(scores, per_example)``: ``(U,)`` scores (``(S, U)`` for several runs, e.g. ``random``) and
+``(N, U)`` per-example scores, or ``None`` for a criterion defined on the whole data set."""
+
+
+class UndefinedCriterion(ValueError):
+    """A criterion that is undefined for this model, layer or data (the message says why)."""
+
+
+@dataclass
+class CriterionContext:
+    """Everything a criterion reads: the model, the data, the units and the settings.
+
+    Build it with :func:`build_context`, which resolves the layers, the units and the
+    baselines and checks the settings.
+
+    Attributes:
+        model: The model (in eval mode); criteria leave it unchanged.
+        data: A re-iterable of batches (read through :func:`captum_gndi.runs.iterate_batches`).
+        named: Layer name -> intervention point.
+        units: The units to score (whole layers or channels), in forward order.
+        baselines: Layer name -> layer baseline (``do(h := b)``).
+        target: Output of the loss- and logit-based criteria (a
+            :data:`~captum_gndi.runs.DataTarget`).
+        n_steps: Integration points of the path-integrated criteria.
+        integration: Captum's integration rule of those (``"gausslegendre"``, ...).
+        seed: Seed of ``random``.
+        n_random: Rows (seeds) of ``random``.
+        channel_dim: Activation dimension holding channels.
+        device: Where to run.
+        progress: Show progress bars.
+        max_batches: Use at most this many batches.
+    """
+
+    model: nn.Module
+    data: Iterable[Any]
+    named: dict[str, LayerSpec]
+    units: list[Unit]
+    baselines: dict[str, LayerBaseline]
+    target: DataTarget
+    n_steps: int
+    integration: str
+    seed: int
+    n_random: int
+    channel_dim: int
+    device: torch.device
+    progress: bool
+    max_batches: int | None
+
+    @property
+    def channel_level(self) -> bool:
+        """Whether any unit is a single channel."""
+        return any(unit.channel is not None for unit in self.units)
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Layers that hold at least one unit, in forward order."""
+        return list(dict.fromkeys(unit.layer for unit in self.units))
+
+    def columns(self, layer: str) -> tuple[list[int], list[int | None]]:
+        """Column indices and channels of the units of one layer."""
+        picked = [(i, u.channel) for i, u in enumerate(self.units) if u.layer == layer]
+        return [i for i, _ in picked], [c for _, c in picked]
+
+    def batches(self, what: str) -> Iterator[tuple[tuple[Tensor, ...], Tensor | None]]:
+        """This rank's batches on the device, labelled ``what`` in the progress bar."""
+        return iterate_batches(self.data, self.device, self.max_batches, self.progress, what)
+
+    def scoring_job(self, inputs: tuple[Tensor, ...]) -> ScoringJob:
+        """The engine's job for one batch: the model on ``inputs``, every scored layer."""
+        names = self.layer_names
+        return ScoringJob(
+            run=make_runner(self.model, inputs, None, None),
+            layers=[self.named[n] for n in names],
+            labels=names,
+            baselines=[self.baselines[n] for n in names],
+            channel_dim=self.channel_dim,
+        )
+
+    def activations(self, inputs: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        """Layer name -> its detached activation on ``inputs`` (one forward pass)."""
+        return dict(zip(self.layer_names, capture_activations(self.scoring_job(inputs))[1]))
+
+    def modules(self, criterion: str) -> list[nn.Module]:
+        """The layers as plain modules (Captum's layer methods take no LayerCall)."""
+        specs = [self.named[n] for n in self.layer_names]
+        if any(isinstance(s, LayerCall) for s in specs):
+            raise UndefinedCriterion(
+                f"{criterion} uses Captum layer methods, which hook every call of a module; it "
+                "is undefined for LayerCall points (a module that runs several times)."
+            )
+        return specs  # type: ignore[return-value]
+
+    def resolved_target(
+        self, inputs: tuple[Tensor, ...], labels: Tensor | None, criterion: str, what: str
+    ) -> Tensor | int:
+        """The batch's target classes, or :class:`UndefinedCriterion` when there are none."""
+        if self.target is None or (self.target == "label" and labels is None):
+            raise UndefinedCriterion(
+                f"{criterion} {what}, so it needs labelled data and target='label' (or "
+                "'predicted' / a class index); it is undefined for embedding models."
+            )
+        return batch_target(self.model, inputs, labels, self.target)
+
+    def loss_labels(
+        self, inputs: tuple[Tensor, ...], labels: Tensor | None, criterion: str
+    ) -> Tensor:
+        """Class labels of a cross-entropy loss on this batch (one per example)."""
+        target = self.resolved_target(inputs, labels, criterion, "needs a cross-entropy loss")
+        if isinstance(target, int):
+            return torch.full((inputs[0].shape[0],), target, device=inputs[0].device)
+        return target
+
+    def captum_target(
+        self, inputs: tuple[Tensor, ...], labels: Tensor | None, criterion: str
+    ) -> Tensor | int:
+        """The target of a Captum attribution on this batch (one scalar output per example)."""
+        what = "attributes one scalar output (a target class) per example"
+        return self.resolved_target(inputs, labels, criterion, what)
+
+
+class Criterion(Protocol):
+    """An importance criterion: scores every unit of the context, higher meaning more important.
+
+    The first line of its docstring is its description in
+    :func:`~captum_gndi.criteria.available_criteria`.
+    """
+
+    __name__: str
+
+    def __call__(self, ctx: CriterionContext) -> CriterionResult:
+        """Score ``ctx.units``: ``(U,)`` (or ``(S, U)``) scores and ``(N, U)`` or ``None``."""
+        ...
+
+
+def build_context(
+    model: nn.Module,
+    data: Iterable[Any],
+    layers: Layers,
+    *,
+    granularity: str = "layer",
+    baseline: str | float | Mapping[str, LayerBaseline] = "zero",
+    target: DataTarget = "label",
+    units: Sequence[Unit] | None = None,
+    n_channels: int | None = None,
+    seed: int = 0,
+    n_random: int = 10,
+    n_steps: int = 16,
+    integration: str = "gausslegendre",
+    channel_dim: int = 1,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    max_batches: int | None = None,
+) -> CriterionContext:
+    """Resolve layers, units and baselines and check the settings, once for all criteria.
+
+    Args:
+        model: The model (in eval mode: a warning otherwise).
+        data: A DataLoader (or re-iterable) of ``(inputs, labels)`` or unlabelled inputs.
+        layers: Dict name -> module or dotted names.
+        granularity: ``"layer"`` or ``"channel"`` (ignored when ``units`` is given).
+        baseline: ``"zero"``, ``"mean"``, a number, or a dict name -> layer baseline.
+        target: ``"label"``, ``"predicted"``, a class index, or ``None``.
+        units: Precomputed units (default: :func:`~captum_gndi.validation.select_units`).
+        n_channels: Random sample size of channels (see
+            :func:`~captum_gndi.validation.select_units`).
+        seed: Seed of the channel sample and of ``random``.
+        n_random: Seeds of the ``random`` control.
+        n_steps: Integration points of the path-integrated criteria.
+        integration: Captum integration rule of those.
+        channel_dim: Activation dimension holding channels.
+        device: Where to run (default: the model's device).
+        progress: Show progress bars.
+        max_batches: Use at most this many batches.
+
+    Returns:
+        The :class:`CriterionContext`.
+
+    Raises:
+        ValueError: For ``n_steps`` or ``n_random`` below 1, an unknown target or integration
+            rule, or layers that are not in the model.
+
+    Examples:
+        >>> ctx = build_context(model, loader, ["0", "2"], granularity="channel")
+        >>> [u.name for u in ctx.units][:2]
+        ['0[0]', '0[1]']
+    """
+    warn_if_training(model)
+    named = resolve_layers(model, layers)
+    device = resolve_device(model, device)
+    if units is None:
+        # validation imports this package, so its unit selection is imported when needed
+        from ..validation.ablation import select_units
+
+        units = select_units(model, data, named, granularity, n_channels, seed, channel_dim, device)
+    if n_steps < 1 or n_random < 1:
+        raise ValueError(f"n_steps and n_random must be >= 1, got {n_steps} and {n_random}.")
+    check_data_target(target)
+    integration_points(n_steps, integration)  # validates the rule's name
+    return CriterionContext(
+        model=model,
+        data=data,
+        named=named,
+        units=list(units),
+        baselines=layer_baselines(model, data, named, baseline, device, progress, max_batches),
+        target=target,
+        n_steps=n_steps,
+        integration=integration,
+        seed=seed,
+        n_random=n_random,
+        channel_dim=channel_dim,
+        device=device,
+        progress=progress,
+        max_batches=max_batches,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers of the per-example criteria
+
+
+PerLayer = Callable[[str, list[Union[int, None]]], Tensor]
+"""``(layer name, channels of its units) -> (n, len(channels))`` per-example scores."""
+
+
+def unit_sums(values: Tensor, channels: Sequence[int | None], channel_dim: int) -> Tensor:
+    """Sum ``values`` ``(N, *shape)`` over each unit: the whole layer or one channel.
+
+    Args:
+        values: Per-example values shaped like the layer's activation.
+        channels: One entry per unit: a channel index, or ``None`` for the whole layer.
+        channel_dim: Dimension of ``values`` holding channels.
+
+    Returns:
+        ``(N, len(channels))`` sums.
+
+    Examples:
+        >>> unit_sums(torch.ones(2, 3, 4), [None, 0], channel_dim=1)
+        tensor([[12., 4.],
+                [12., 4.]])
+    """
+    out = []
+    per_channel = None
+    for channel in channels:
+        if channel is None:
+            out.append(values.flatten(1).sum(1))
+            continue
+        if per_channel is None:
+            moved = values.movedim(channel_dim, -1)
+            per_channel = moved.reshape(moved.shape[0], -1, moved.shape[-1]).sum(1)
+        out.append(per_channel[:, channel])
+    return torch.stack(out, 1)
+
+
+def first_tensor(value: Any) -> Tensor:
+    """``value`` if it is a tensor, else the first tensor it holds (Captum returns tuples).
+
+    Args:
+        value: A tensor, or a tuple / list holding tensors.
+
+    Returns:
+        The tensor.
+
+    Examples:
+        >>> first_tensor((torch.zeros(2), "extra")).shape
+        torch.Size([2])
+    """
+    return value if isinstance(value, Tensor) else next(v for v in value if isinstance(v, Tensor))
+
+
+def check_float_inputs(inputs: tuple[Tensor, ...], criterion: str) -> None:
+    """Raise :class:`UndefinedCriterion` unless every input is floating-point.
+
+    Criteria that interpolate the inputs (or feed them an all-ones tensor) cannot run on
+    integer inputs such as token ids.
+
+    Args:
+        inputs: The batch's input tensors.
+        criterion: The criterion's name, for the message.
+
+    Raises:
+        UndefinedCriterion: For an integer input.
+
+    Examples:
+        >>> check_float_inputs((torch.zeros(2, 3),), "synflow")  # passes silently
+    """
+    if not all(t.is_floating_point() for t in inputs):
+        raise UndefinedCriterion(
+            f"{criterion} interpolates the inputs from a zero baseline; it is undefined for "
+            "integer inputs such as token ids."
+        )
+
+
+def per_example_scores(
+    ctx: CriterionContext,
+    what: str,
+    batch_fn: Callable[[tuple[Tensor, ...], Tensor | None], PerLayer],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example scores ``(N, U)`` over all batches, and their mean over examples.
+
+    Args:
+        ctx: The context.
+        what: The progress bar's label.
+        batch_fn: ``batch_fn(inputs, labels)`` does the batch's shared work and returns the
+            function that scores the units of one layer.
+
+    Returns:
+        ``(mean over examples (U,), per-example scores (N, U))``, float64.
+
+    Examples:
+        >>> def batch_fn(inputs, labels):
+        ...     return lambda name, channels: torch.ones(len(inputs[0]), len(channels))
+        >>> mean, rows = per_example_scores(ctx, "ones", batch_fn)
+    """
+    rows = []
+    for inputs, labels in ctx.batches(what):
+        per_layer = batch_fn(inputs, labels)
+        out = torch.zeros(inputs[0].shape[0], len(ctx.units), dtype=torch.float64)
+        for name in ctx.layer_names:
+            columns, channels = ctx.columns(name)
+            out[:, columns] = per_layer(name, channels).detach().double().cpu()
+        rows.append(out)
+    stacked = torch.cat(rows).numpy()
+    return stacked.mean(0), stacked

@@ -1,0 +1,126 @@
+"""captum_gndi.criteria as a package: the registry, the keyword-built context, the old names
+(deprecated aliases that still work) and the report's computing/rendering split."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import captum_gndi.validation as validation
+from captum_gndi import criteria
+from captum_gndi.criteria import (
+    CONTROL_CRITERIA,
+    CRITERIA,
+    available_criteria,
+    build_context,
+    channel_scores,
+    check_criteria,
+    score_criteria,
+    score_each,
+)
+from captum_gndi.validation import export, render
+from captum_gndi.validation.report import build_report
+
+
+@pytest.fixture
+def setup() -> tuple[nn.Module, DataLoader]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).eval()
+    x = torch.randn(10, 4)
+    return model, DataLoader(TensorDataset(x, torch.arange(10) % 3), batch_size=4)
+
+
+def test_registry_lists_every_criterion_in_order_with_a_description():
+    assert list(available_criteria()) == list(CRITERIA)
+    assert set(CONTROL_CRITERIA) <= set(CRITERIA)
+    assert all(available_criteria().values())
+    assert check_criteria(None) == list(CRITERIA)
+    assert check_criteria("gndi") == ["gndi"]
+    with pytest.raises(ValueError, match="Unknown method"):
+        check_criteria(["gndi", "shapley"])
+
+
+def test_context_is_built_from_keywords_with_defaults(setup):
+    model, loader = setup
+    ctx = build_context(model, loader, ["0", "2"], progress=False)
+    assert (ctx.n_steps, ctx.n_random, ctx.integration, ctx.target) == (
+        16,
+        10,
+        "gausslegendre",
+        "label",
+    )
+    assert [u.name for u in ctx.units] == ["0", "2"]
+    channels = build_context(model, loader, ["2"], granularity="channel", progress=False)
+    assert [u.name for u in channels.units] == ["2[0]", "2[1]", "2[2]"]
+    with pytest.raises(ValueError, match="n_steps and n_random"):
+        build_context(model, loader, ["0"], n_steps=0)
+    with pytest.raises(ValueError, match="target must be"):
+        build_context(model, loader, ["0"], target="logits")  # type: ignore[arg-type]
+    results = dict(score_each(ctx, ["depth", "param_count"]))
+    assert results["depth"][0].tolist() == [1.0, 0.0]
+    assert results["param_count"][0].tolist() == [25.0, 18.0]
+
+
+def test_old_keywords_warn_and_give_the_same_numbers(setup):
+    model, loader = setup
+    new, _ = score_criteria(model, loader, ["0", "2"], criteria=["magnitude"], progress=False)
+    with pytest.warns(DeprecationWarning, match="methods="):
+        old, _ = score_criteria(model, loader, ["0", "2"], methods=["magnitude"], progress=False)
+    assert np.array_equal(new["magnitude"], old["magnitude"])
+    with pytest.raises(TypeError, match="both"):
+        score_criteria(model, loader, ["0"], criteria=["gndi"], methods=["gndi"])
+    with pytest.warns(DeprecationWarning, match="method="):
+        by_keyword = channel_scores(
+            method="magnitude", model=model, data=loader, layers=["2"], progress=False
+        )
+    positional = channel_scores("magnitude", model, loader, ["2"], progress=False)
+    assert np.array_equal(by_keyword["2"], positional["2"])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("score_methods", "score_criteria"),
+        ("available_methods", "available_criteria"),
+        ("CONTROL_METHODS", "CONTROL_CRITERIA"),
+    ],
+)
+def test_old_names_are_deprecated_aliases(old, new):
+    with pytest.warns(DeprecationWarning, match=new):
+        assert getattr(validation, old) is getattr(criteria, new)
+    shim = importlib.import_module("captum_gndi.validation.criteria")
+    with pytest.warns(DeprecationWarning, match="captum_gndi.criteria"):
+        assert getattr(shim, old) is getattr(criteria, new)
+    with pytest.warns(DeprecationWarning):
+        assert shim.UndefinedCriterion is criteria.UndefinedCriterion
+    assert getattr(validation, new) is getattr(criteria, new)  # new names: no warning
+    with pytest.raises(AttributeError):
+        validation.no_such_name  # noqa: B018
+
+
+def test_report_methods_render_through_the_render_and_export_modules(tmp_path):
+    rng = np.random.default_rng(0)
+    damage = rng.gamma(2.0, 1.0, 16)
+    report = build_report(
+        [f"u{i}" for i in range(16)],
+        np.arange(16.0),
+        {"kl": damage},
+        {"gndi": damage + 0.1 * rng.normal(size=16), "depth": np.arange(16.0)[::-1]},
+        n_boot=50,
+        n_perm=0,
+    )
+    assert report.criteria == ["gndi"] and report.controls == ["depth"]
+    with pytest.warns(DeprecationWarning, match="criteria"):
+        assert report.methods == ["gndi"]
+    assert report.to_markdown() == render.render_markdown(report) == str(report)
+    assert report.verdicts() == render.render_verdicts(report)
+    assert report.to_dict() == export.report_dict(report)
+    assert report.to_dict()["methods"] == ["gndi"]  # the saved JSON keeps its keys
+    assert report.runs("gndi").shape == (1, 16)
+    paths = report.save(tmp_path)
+    assert {"markdown", "json", "correlations", "units", "scatter", "bars"} == set(paths)
