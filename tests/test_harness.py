@@ -47,7 +47,7 @@ LAYERS = [f"branches.{i}.1" for i in range(3)]
 def test_validate_writes_the_report_and_matches_its_parts(setup, tmp_path):
     model, loader = setup
     methods = ["gndi", "snip", "hrank", "depth", "random", "activation_change"]
-    report = validate(model, loader, LAYERS, methods=methods, n_boot=50, progress=False,
+    report = validate(model, loader, LAYERS, criteria=methods, n_boot=50, progress=False,
                       out_dir=tmp_path, n_random=3, metadata={"model": "tiny"})  # fmt: skip
     names = {p.name for p in tmp_path.iterdir()}
     assert {"report.md", "report.json", "correlations.csv", "units.csv"} <= names
@@ -66,7 +66,7 @@ def test_validate_writes_the_report_and_matches_its_parts(setup, tmp_path):
 
 def test_validate_channel_sample_with_mean_baseline(setup):
     model, loader = setup
-    report = validate(model, loader, LAYERS, methods=["gndi", "magnitude", "depth"],
+    report = validate(model, loader, LAYERS, criteria=["gndi", "magnitude", "depth"],
                       damage=["output_delta"], baseline="mean", granularity="channel",
                       n_channels=5, seed=1, n_boot=50, progress=False)  # fmt: skip
     assert len(report.units) == 5 and all("[" in u for u in report.units)
@@ -91,10 +91,10 @@ def test_validate_an_embedding_model_skips_label_criteria():
     loader = DataLoader(torch.randn(16, 6), batch_size=8)  # no labels
     with pytest.warns(UserWarning, match="Skipping snip"):
         report = validate(model, loader, ["first", "second", "out"],
-                          methods=["gndi", "snip", "hrank", "depth"], target=None,
+                          criteria=["gndi", "snip", "hrank", "depth"], target=None,
                           n_boot=50, progress=False)  # fmt: skip
     assert list(report.damage) == ["output_delta", "embedding_cosine"]
     assert set(report.metadata["skipped"]) == {"snip", "hrank"}
     assert "labelled data" in report.metadata["skipped"]["snip"]
     with pytest.raises(ValueError, match="need labelled data"):
-        validate(model, loader, ["first"], methods=["gndi"], damage=["kl"], progress=False)
+        validate(model, loader, ["first"], criteria=["gndi"], damage=["kl"], progress=False)

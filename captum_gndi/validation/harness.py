@@ -28,7 +28,7 @@ def validate(
     model: nn.Module,
     data: Iterable[Any],
     layers: Layers,
-    methods: Sequence[str] | None = None,
+    criteria: Sequence[str] | None = None,
     damage: Sequence[str] | None = None,
     baseline: str | float | Mapping[str, LayerBaseline] = "zero",
     granularity: str = "layer",
@@ -44,11 +44,12 @@ def validate(
     channel_dim: int = 1,
     n_boot: int = 2000,
     metadata: Mapping[str, Any] | None = None,
+    methods: Sequence[str] | None = None,
 ) -> ValidationReport:
     """Check how well importance criteria predict the damage of true interventions.
 
     Runs :func:`~captum_gndi.validation.ablation.ablate` (the damage of ``do(h := b)`` on every
-    unit), :func:`~captum_gndi.validation.criteria.score_methods` (every criterion's score of the
+    unit), :func:`~captum_gndi.criteria.score_criteria` (every criterion's score of the
     same units, with the same baseline) and
     :func:`~captum_gndi.validation.report.build_report` (correlations with bootstrap intervals,
     permutation p-values, partial correlations given depth, comparisons with the controls,
@@ -60,7 +61,7 @@ def validate(
             embedding model.
         layers: Dict name -> module (e.g. ``captum_gndi.adapters.find_layers(model, "branch")``)
             or a list of dotted names.
-        methods: Criteria names (see :func:`~captum_gndi.validation.criteria.available_methods`);
+        criteria: Criteria names (see :func:`~captum_gndi.criteria.available_criteria`);
             ``None``: all. Criteria undefined for this model (e.g. HRank on a transformer, SNIP
             without labels) are skipped with a warning and listed in the report's metadata.
         damage: Damage metrics; the first is the report's primary metric. ``None``:
@@ -82,6 +83,7 @@ def validate(
         channel_dim: Activation dimension holding channels (1 for CNNs, -1 for transformers).
         n_boot: Bootstrap resamples per confidence interval.
         metadata: Extra entries for the report's header (e.g. the model's name).
+        methods: Deprecated spelling of ``criteria``.
 
     Returns:
         The :class:`~captum_gndi.validation.report.ValidationReport`.
@@ -93,7 +95,14 @@ def validate(
     """
     started = time.perf_counter()
     named = resolve_layers(model, layers)
-    method_names = check_criteria(methods)
+    if methods is not None:
+        warnings.warn(
+            "validate(methods=...) is deprecated; use criteria=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        criteria = methods
+    method_names = check_criteria(criteria)
     device = resolve_device(model, device)
     has_labels = first_batch(data, device)[1] is not None
     if damage is None:
