@@ -30,15 +30,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine import MODELS  # noqa: E402
 
-from captum_gndi.engine import _group_jvps, _one_jvp, forward_effects, reverse_effects  # noqa: E402
+from captum_gndi.engine import forward_effects, reverse_effects  # noqa: E402
+from captum_gndi.forward_mode import _group_jvps, _one_jvp  # noqa: E402
+from captum_gndi.job import Cell  # noqa: E402
+from captum_gndi.units import UnitIndex  # noqa: E402
+
+LAYER = UnitIndex("layer", None, 1, ())
 
 
 def grouped(batch, n_groups: int) -> Callable[[], list]:
     """Forward mode with the layers split into ``n_groups`` groups of consecutive layers."""
-    cells = [(p, None) for p in range(len(batch.layers))]
+    cells = [Cell(p, 0, 1.0, 1.0) for p in range(len(batch.layers))]
+    units = [LAYER] * len(batch.layers)
     size = math.ceil(len(cells) / n_groups)
     return lambda: [
-        _group_jvps(batch, cells[i : i + size], 1.0) for i in range(0, len(cells), size)
+        _group_jvps(batch, units, cells[i : i + size], True) for i in range(0, len(cells), size)
     ]
 
 
@@ -57,7 +63,7 @@ def main() -> None:
     variants: dict[str, Callable[[], object]] = {
         "forward pass": setup.forward,
         "forward mode, one forward_ad pass per layer": lambda: [
-            _one_jvp(batch, p, 1.0, None) for p in range(n_layers)
+            _one_jvp(batch, [LAYER] * n_layers, Cell(p, 0, 1.0, 1.0)) for p in range(n_layers)
         ],
         "forward mode, one vectorised pass": grouped(batch, 1),
         f"forward mode, {round(math.sqrt(n_layers))} groups (engine)": lambda: forward_effects(

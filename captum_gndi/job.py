@@ -1,0 +1,216 @@
+"""One scoring job and what both engines share: the job, its activations, its cells.
+
+A :class:`ScoringJob` is a zero-argument ``run`` that evaluates the model on a fixed batch and
+returns its (target-selected) output flattened to ``(N, K)``, plus the intervention points,
+their baselines and how each layer splits into units (:mod:`captum_gndi.units`). A layer whose
+output is a tuple of several floating-point tensors (or, with ``attribute_to_layer_input``, a
+module with several tensor inputs) is intervened on *jointly*: every such tensor is set to its
+baseline together, and its effect is the sum of the tensors' first-order contributions.
+
+A :class:`Cell` is one tangent direction: a unit of a layer at an integration point ``a``; the
+forward and reverse engines (:mod:`captum_gndi.forward_mode`, :mod:`captum_gndi.reverse_mode`)
+both compute one output column per cell and :func:`assemble` weights them into effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .baselines import LayerBaseline, resolve_layer_baseline
+from .interventions import LayerSpec, intervene
+from .runs import channel_count
+from .units import ChannelDim, UnitIndex, unit_index
+
+__all__ = [
+    "Activation",
+    "Cell",
+    "ScoringJob",
+    "assemble",
+    "capture_activations",
+    "first_order",
+    "job_hooks",
+    "make_cells",
+    "parts",
+    "rebuild",
+    "true_effects",
+]
+
+Activation = Any  # a tensor, or a tuple of tensors for a jointly intervened multi-tensor layer
+
+
+def parts(h: Activation) -> tuple[Tensor, ...]:
+    """The tensors of an activation (one for an ordinary layer)."""
+    return tuple(h) if isinstance(h, tuple) else (h,)
+
+
+def rebuild(h: Activation, new: Sequence[Tensor]) -> Activation:
+    """An activation of the same structure as ``h`` (tensor or tuple) from new tensors."""
+    return tuple(new) if isinstance(h, tuple) else new[0]
+
+
+@dataclass
+class ScoringJob:
+    """One scoring job: a fixed batch of examples, the model run on it, and where to intervene.
+
+    Not a data batch: ``run`` closes over the batch's inputs and targets, so both engines, the
+    true-effect computation and the validation harness share one object and resolve targets and
+    baselines once.
+
+    Attributes:
+        run: Runs the model on the batch and returns the selected output as ``(N, K)``.
+        layers: Intervention points.
+        labels: One readable name per layer (used in errors).
+        baselines: One layer-baseline specification per layer (see :mod:`captum_gndi.baselines`;
+            a tuple gives one per tensor of a multi-tensor layer).
+        attribute_to_layer_input: Intervene on each layer's input instead of its output.
+        channel_dim: Dimension(s) of the activation that hold the units of ``"channel"``
+            granularity (1 for ``(N, C, H, W)``, -1 for ``(N, T, D)``, ``(1, 2)`` for position x
+            head on ``(N, T, H, d)``).
+        layer_masks: One ``layer_mask`` (or ``None``) per layer for ``"group"`` granularity.
+        grad_kwargs: Extra keyword arguments for every ``torch.autograd.grad`` call.
+    """
+
+    run: Callable[[], Tensor]
+    layers: Sequence[LayerSpec]
+    labels: Sequence[str]
+    baselines: Sequence[LayerBaseline]
+    attribute_to_layer_input: bool = False
+    channel_dim: ChannelDim = 1
+    layer_masks: Sequence[Tensor | None] | None = None
+    grad_kwargs: dict[str, Any] | None = None
+
+    def check_activation(self, position: int, h: Activation) -> None:
+        """Raise a clear error for a non-float or non-finite activation."""
+        label = self.labels[position]
+        for part in parts(h):
+            if not part.is_floating_point():
+                raise TypeError(
+                    f"Layer '{label}' produces a {part.dtype} tensor, which cannot be "
+                    "differentiated. Pick a layer with a floating-point activation (e.g. an "
+                    "embedding's output rather than token ids)."
+                )
+            if not torch.isfinite(part).all():
+                raise ValueError(
+                    f"Layer '{label}' produced NaN or inf activations; G-NDI is undefined there. "
+                    "Check the inputs and the model's numerics (e.g. float16 overflow)."
+                )
+
+    def delta(self, position: int, h: Activation) -> tuple[Activation, Activation]:
+        """``(b, h - b)`` for the activation ``h`` of layer ``position`` (tuples part-wise)."""
+        self.check_activation(position, h)
+        spec, label = self.baselines[position], self.labels[position]
+        tensors = parts(h)
+        specs = spec if isinstance(spec, tuple) else (spec,) * len(tensors)
+        if len(specs) != len(tensors):
+            raise ValueError(
+                f"Layer '{label}' has {len(tensors)} tensor(s) to intervene on but got a tuple of "
+                f"{len(specs)} layer baselines; give one baseline per tensor (or one for all)."
+            )
+        bs = [resolve_layer_baseline(s, t, label) for s, t in zip(specs, tensors)]
+        return rebuild(h, bs), rebuild(h, [t.detach() - b for t, b in zip(tensors, bs)])
+
+    def n_channels(self, h: Tensor) -> int:
+        """The size of the channel dimension of an activation, with a clear error if absent."""
+        return channel_count(h.shape, self.channel_dim)
+
+    def units(self, position: int, h: Activation, granularity: str) -> UnitIndex:
+        """How layer ``position`` splits into units at ``granularity``."""
+        tensors = parts(h)
+        if granularity != "layer" and len(tensors) > 1:
+            raise ValueError(
+                f"Layer '{self.labels[position]}' has {len(tensors)} tensors that are "
+                f"intervened on jointly; granularity={granularity!r} needs a layer with one "
+                "tensor. Use granularity='layer', or pick the submodule that produces the "
+                "tensor you want to split."
+            )
+        mask = None if self.layer_masks is None else self.layer_masks[position]
+        return unit_index(
+            granularity,
+            tensors[0].shape,
+            self.labels[position],
+            self.channel_dim,
+            mask,
+            tensors[0].device,
+        )
+
+
+def job_hooks(job: ScoringJob, positions: Sequence[int], edit):
+    """Hook the layers at ``positions``; ``edit`` receives positions into ``job.layers``."""
+    return intervene(
+        [job.layers[p] for p in positions],
+        lambda i, h: edit(positions[i], h),
+        attribute_to_layer_input=job.attribute_to_layer_input,
+        labels=[job.labels[p] for p in positions],
+    )
+
+
+def capture_activations(job: ScoringJob) -> tuple[Tensor, list[Activation]]:
+    """Run the batch once (no gradients) and return its output and detached activations."""
+    activations: list[Activation | None] = [None] * len(job.layers)
+
+    def edit(position: int, h: Activation) -> None:
+        job.check_activation(position, h)
+        activations[position] = rebuild(h, [t.detach().clone() for t in parts(h)])
+
+    with torch.no_grad(), job_hooks(job, range(len(job.layers)), edit):
+        output = job.run()
+    return output.detach(), activations  # type: ignore[return-value]
+
+
+def true_effects(job: ScoringJob) -> list[Tensor]:
+    """Exact intervention effects ``f(x) - f(x; do(h_L := b_L))``, each of shape ``(K, N)``."""
+    with torch.no_grad():
+        reference = job.run()
+        effects = []
+        for position in range(len(job.layers)):
+
+            def edit(position: int, h: Activation) -> Activation:
+                b, _delta = job.delta(position, h)
+                return rebuild(h, [t.clone() for t in parts(b)])
+
+            with job_hooks(job, [position], edit):
+                intervened = job.run()
+            effects.append((reference - intervened).T)
+    return effects
+
+
+def first_order(alphas: Sequence[float]) -> bool:
+    """Whether ``alphas`` is first-order G-NDI (the Jacobian at the activation itself)."""
+    return tuple(alphas) == (1.0,)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One tangent direction: group ``group`` of layer ``position`` at integration point
+    ``alpha``, with integration weight ``weight``."""
+
+    position: int
+    group: int
+    alpha: float
+    weight: float
+
+
+def make_cells(
+    units: Sequence[UnitIndex], alphas: Sequence[float], weights: Sequence[float]
+) -> list[Cell]:
+    """Every (layer, unit, integration point) of a job, layer by layer."""
+    return [
+        Cell(p, g, a, w)
+        for p, index in enumerate(units)
+        for g in range(index.n_groups)
+        for a, w in zip(alphas, weights)
+    ]
+
+
+def assemble(units: Sequence[UnitIndex], cells: Sequence[Cell], columns: Tensor) -> list[Tensor]:
+    """Effects ``(K, N, *unit_shape)`` per layer from per-cell output tangents ``(C, N, K)``."""
+    n, k = columns.shape[1:]
+    effects = [columns.new_zeros(k, n, index.n_groups) for index in units]
+    for cell, column in zip(cells, columns):
+        effects[cell.position][:, :, cell.group] += cell.weight * column.T
+    return [e.reshape(k, n, *index.shape) for e, index in zip(effects, units)]

@@ -1,0 +1,241 @@
+"""Reverse-mode G-NDI: vector-Jacobian products from one recorded forward pass.
+
+One forward pass adds a zero leaf ``eps`` to every layer's activation, and one vector-Jacobian
+product per row of the readout (one per output dimension, built one row at a time so memory is
+linear in K; or ``n_probes`` random rows, :mod:`captum_gndi.readouts`) gives ``v . dy/dh`` for
+all layers at once; ``J(h - b)`` is summed into units one row (one chunk) at a time.
+Path-integrated G-NDI needs one recorded pass per cell.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .job import (
+    Activation,
+    Cell,
+    ScoringJob,
+    assemble,
+    first_order,
+    job_hooks,
+    make_cells,
+    parts,
+    rebuild,
+)
+from .readouts import Readout
+from .units import Granularity, UnitIndex
+
+__all__ = [
+    "EXACT",
+    "MAX_EFFECT_BYTES",
+    "VJP_CHUNK",
+    "Graph",
+    "graph_activations",
+    "record",
+    "reverse_effects",
+    "vjp_effects",
+]
+
+logger = logging.getLogger("captum_gndi.engine")  # one debug log for the whole engine
+
+VJP_CHUNK = 1
+"""Output dimensions per vector-Jacobian product. 1: one plain backward pass per output
+dimension, which measured faster on CPU than batching them with ``is_grads_batched`` (vmap over
+the backward falls back to per-sample loops for convolution and ReLU backward; see
+docs/benchmarks.md). Larger values batch that many VJPs (and hold that many gradients)."""
+
+
+@dataclass
+class Graph:
+    """A forward pass recorded for reverse mode: zero leaves added to the layers' activations."""
+
+    output: Tensor
+    leaves: list[tuple[Tensor, ...]]
+    deltas: list[tuple[Tensor, ...]]
+
+
+def record(
+    job: ScoringJob,
+    positions: Sequence[int],
+    cell: Cell | None = None,
+    units: Sequence[UnitIndex] | None = None,
+) -> Graph:
+    """One forward pass in which the layers at ``positions`` output ``h + eps``.
+
+    With a ``cell`` (path integration), its unit is moved to ``b + a (h - b)`` first and its
+    ``deltas`` are restricted to the unit: ``1[unit] (h - b)``.
+    """
+    deltas: dict[int, tuple[Tensor, ...]] = {}
+    leaves: dict[int, tuple[Tensor, ...]] = {}
+
+    def edit(position: int, h: Activation) -> Activation:
+        _b, delta = job.delta(position, h)
+        tensors, ds = parts(h), parts(delta)
+        if cell is not None and units is not None:
+            ds = tuple(units[position].indicator(cell.group, d) * d for d in ds)
+            tensors = tuple(t + (cell.alpha - 1.0) * d for t, d in zip(tensors, ds))
+        deltas[position] = ds
+        leaves[position] = tuple(torch.zeros_like(t, requires_grad=True) for t in tensors)
+        return rebuild(h, [t + eps for t, eps in zip(tensors, leaves[position])])
+
+    with torch.enable_grad(), job_hooks(job, positions, edit):
+        output = job.run()
+    return Graph(output, [leaves[p] for p in positions], [deltas[p] for p in positions])
+
+
+EXACT = Readout()
+"""Unit rows: one VJP per output dimension."""
+
+MAX_EFFECT_BYTES = 8 * 2**30
+"""Largest effect tensor reverse mode allocates (see :func:`vjp_effects`)."""
+
+
+def vjp_effects(
+    graph: Graph,
+    job: ScoringJob,
+    units: Sequence[UnitIndex],
+    chunk: int,
+    readout: Readout = EXACT,
+) -> list[Tensor]:
+    """``sum <v_k . dy/dh, h - b>`` per unit, for every row ``v_k`` of the readout.
+
+    Exact readouts use the unit rows (row k gives output column k); random probes use their
+    ``n_probes`` rows (:mod:`captum_gndi.readouts`). The rows are processed ``chunk`` at a time;
+    each chunk's gradients are reduced to units and written into a result allocated once,
+    before the next chunk is computed, so memory holds ``chunk`` gradients. (Keeping one small
+    tensor per chunk instead pins the allocator's heap between the large gradient buffers:
+    +3.5 GiB over 384 output dimensions of MiniLM, see
+    docs/benchmarks.md.)
+    """
+    output = graph.output
+    readout = replace(readout, output_shape=getattr(job.run, "output_shape", None))
+    k_total = readout.rows_count(output)
+    _check_effect_memory(graph, units, k_total, job)
+    flat_leaves = [leaf for group in graph.leaves for leaf in group]
+    effects: list[Tensor | None] = [None] * len(graph.leaves)
+    for start in range(0, k_total, chunk):
+        stop = min(start + chunk, k_total)
+        grad_outputs = readout.rows(start, stop, output.detach())
+        grads = iter(
+            _batched_grad(output, flat_leaves, grad_outputs, stop < k_total, job.grad_kwargs)
+        )
+        for i, (index, deltas) in enumerate(zip(units, graph.deltas)):
+            part = None
+            for delta in deltas:
+                grad = next(grads)
+                if grad is None:  # the output does not depend on this tensor
+                    grad = delta.new_zeros(()).expand(stop - start, *delta.shape)
+                reduced = index.reduce(grad * delta)
+                part = reduced if part is None else part + reduced
+            if effects[i] is None:
+                effects[i] = part.new_empty((k_total, *part.shape[1:]))
+            effects[i][start:stop] = part  # type: ignore[index]
+    return effects  # type: ignore[return-value]
+
+
+def _check_effect_memory(
+    graph: Graph, units: Sequence[UnitIndex], rows: int, job: ScoringJob
+) -> None:
+    """A clear error, before anything is allocated, for effects that cannot fit in memory."""
+    for index, deltas, label in zip(units, graph.deltas, job.labels):
+        per_row = deltas[0].shape[0] * max(math.prod(index.shape), 1)
+        size = rows * per_row * deltas[0].element_size()
+        if size > MAX_EFFECT_BYTES:
+            raise MemoryError(
+                f"The effects of layer '{label}' would take {size / 2**30:.1f} GiB ({rows} rows "
+                f"x {per_row} units x examples); split the batch (internal_batch_size= in "
+                "compute_gndi, or fewer examples per attribute call), use fewer n_probes, or a "
+                "coarser granularity (channel_dim, layer_mask) than 'unit'."
+            )
+
+
+def _batched_grad(
+    output: Tensor,
+    leaves: list[Tensor],
+    grad_outputs: Tensor,
+    retain: bool,
+    grad_kwargs: dict[str, Any] | None = None,
+) -> Sequence[Tensor | None]:
+    """``autograd.grad`` for each of a ``(k, N, K)`` stack of ``grad_outputs``.
+
+    One backward pass per row for ``k == 1``; for ``k > 1`` one batched pass
+    (``is_grads_batched``, i.e. vmap over the backward), with a loop where an op cannot batch.
+    ``grad_kwargs`` (Captum's argument, e.g. ``{"materialize_grads": True}``) go to every call.
+    """
+    kwargs = {"allow_unused": True, **(grad_kwargs or {})}
+    if grad_outputs.shape[0] > 1:
+        try:
+            return torch.autograd.grad(
+                output,
+                leaves,
+                grad_outputs=grad_outputs,
+                retain_graph=retain,
+                is_grads_batched=True,
+                **kwargs,
+            )
+        except RuntimeError as error:  # an operator without a batching rule: loop instead
+            logger.debug("batched VJP failed (%s); looping over output columns", error)
+    last = len(grad_outputs) - 1
+    rows = [
+        torch.autograd.grad(
+            output, leaves, grad_outputs=g, retain_graph=retain or i < last, **kwargs
+        )
+        for i, g in enumerate(grad_outputs)
+    ]
+    per_leaf = ([row[i] for row in rows] for i in range(len(leaves)))
+    return [None if grads[0] is None else torch.stack(grads) for grads in per_leaf]
+
+
+def reverse_effects(
+    job: ScoringJob,
+    granularity: Granularity = "layer",
+    alphas: Sequence[float] = (1.0,),
+    weights: Sequence[float] = (1.0,),
+    vjp_chunk: int = VJP_CHUNK,
+    readout: Readout = EXACT,
+) -> list[Tensor]:
+    """G-NDI effects by reverse-mode AD (vector-Jacobian products).
+
+    With ``alphas == (1.0,)`` (first-order G-NDI) all layers share one forward pass and ``K``
+    VJPs (one backward pass each, or batched ``vjp_chunk`` at a time). Path-integrated G-NDI
+    needs one recorded pass (and ``K`` VJPs) per unit and integration point, because each unit
+    moves along its own path; forward mode is cheaper there.
+
+    Args:
+        job: The batch and its intervention points.
+        granularity: ``"layer"``, ``"channel"``, ``"group"`` or ``"unit"``.
+        alphas: Integration points on [0, 1].
+        weights: Integration weights, one per point.
+        vjp_chunk: Output dimensions per VJP (see :data:`VJP_CHUNK`); memory grows with it.
+        readout: The rows to project on (exact unit rows, or random probes).
+
+    Returns:
+        One tensor per layer, ``(K, N, *unit_shape)`` (``K = n_probes`` with probes).
+
+    Examples:
+        >>> effects = reverse_effects(job, granularity="channel")  # (K, N, C) per layer
+    """
+    graph = record(job, range(len(job.layers)))
+    units = [job.units(p, h, granularity) for p, h in enumerate(graph_activations(graph))]
+    if first_order(alphas):
+        return [e * weights[0] for e in vjp_effects(graph, job, units, vjp_chunk, readout)]
+    del graph
+    cells = make_cells(units, alphas, weights)
+    columns = []
+    layer = UnitIndex("layer", None, 1, ())
+    for cell in cells:
+        recorded = record(job, [cell.position], cell, units)
+        columns.append(vjp_effects(recorded, job, [layer], vjp_chunk, readout)[0].T)  # (N, K)
+    return assemble(units, cells, torch.stack(columns))
+
+
+def graph_activations(graph: Graph) -> list[Activation]:
+    """Stand-ins with the recorded activations' shapes (all the unit index needs)."""
+    return [group if len(group) > 1 else group[0] for group in graph.deltas]
