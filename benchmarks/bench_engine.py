@@ -45,9 +45,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_gndi.runs import make_runner
 from captum_gndi.engine import ScoringJob, capture_activations, compute_effects, true_effects
 from captum_gndi.interventions import intervene
+from captum_gndi.runs import make_runner
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESNET56 = SHARED / "cifar_resnets" / "resnet56-4bfd9763.th"
