@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from captum_gndi import LayerGNDI
-from captum_gndi.runs import make_runner
 from captum_gndi.engine import (
     ScoringJob,
     choose_mode,
@@ -19,6 +18,7 @@ from captum_gndi.engine import (
     reverse_effects,
     true_effects,
 )
+from captum_gndi.runs import make_runner
 
 
 @pytest.fixture(autouse=True)

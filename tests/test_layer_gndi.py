@@ -67,7 +67,9 @@ class TestHandComputedValues:
         torch.testing.assert_close(
             gndi.attribute(x, target=1, mode=mode), torch.tensor([24.0]).double()
         )
-        torch.testing.assert_close(gndi.attribute(x, norm=1, mode=mode), torch.tensor([48.0]).double())
+        torch.testing.assert_close(
+            gndi.attribute(x, norm=1, mode=mode), torch.tensor([48.0]).double()
+        )
         torch.testing.assert_close(
             gndi.attribute(x, norm=math.inf, mode=mode), torch.tensor([24.0]).double()
         )
