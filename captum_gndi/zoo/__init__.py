@@ -44,6 +44,13 @@ from captum_gndi.zoo.digits import (
     load_digits_dataset,
     train_digits_resnet,
 )
+from captum_gndi.zoo.polarity_lm import (
+    POLARITY_LM_DIR,
+    load_polarity_lm,
+    load_polarity_sentences,
+    polarity_lm_perplexity,
+    train_polarity_lm,
+)
 from captum_gndi.zoo.resnet18_cifar import TorchvisionBasicBlock, resnet18_cifar
 from captum_gndi.zoo.weights import WeightsSource, load_weights, read_state_dict
 
@@ -62,6 +69,7 @@ __all__ = [
     "DigitsResNet",
     "MODEL_NAMES",
     "NORMALIZATIONS",
+    "POLARITY_LM_DIR",
     "PadShortcut",
     "TorchvisionBasicBlock",
     "WeightsSource",
@@ -73,12 +81,16 @@ __all__ = [
     "get_model",
     "load_cifar10",
     "load_digits_dataset",
+    "load_polarity_lm",
+    "load_polarity_sentences",
     "load_weights",
     "normalize_images",
+    "polarity_lm_perplexity",
     "read_state_dict",
     "resnet18_cifar",
     "shared_data_dir",
     "train_digits_resnet",
+    "train_polarity_lm",
 ]
 
 _CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
