@@ -122,3 +122,17 @@ def test_mean_baseline_on_padded_batches_averages_real_tokens_only():
     torch.testing.assert_close(means, real.mean(0))
     result = compute_gndi(lm, [short, padded], {"mlp": layer}, baseline="mean", progress=False)
     assert result.n_examples == 4 and torch.isfinite(result.mean["mlp"])
+
+
+def test_next_token_logits_use_the_last_real_token_under_right_padding():
+    from captum_gndi import model_logits
+
+    model = tiny_gpt2()
+    lm = model_logits(model, token_index=-1)
+    short = torch.randint(0, 20, (1, 3))
+    padded = torch.cat([short, torch.zeros(1, 2, dtype=torch.long)], 1)
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm(input_ids=padded, attention_mask=mask), lm(input_ids=short))
+        left = torch.cat([torch.zeros(1, 2, dtype=torch.long), short], 1)
+        assert lm(input_ids=left, attention_mask=torch.tensor([[0, 0, 1, 1, 1]])).shape == (1, 20)
