@@ -3,7 +3,8 @@
 A *unit* is whatever was ablated (a layer, a channel, ...). Every function takes a score vector
 ``(U,)`` and a damage vector ``(U,)`` over the same units; a score may also be a stack ``(S, U)``
 of several runs of one method (e.g. random scores with ``S`` seeds), in which case each statistic
-is the mean of the per-run statistics.
+is the mean of the per-run statistics. (One concept, the agreement statistics and their shared
+resampling conventions, so the module stays one file past 500 lines.)
 
 Conventions (see ``docs/statistics.md``):
 
