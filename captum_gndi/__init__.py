@@ -8,6 +8,7 @@ from . import zoo
 from .adapters import (
     describe_layers,
     eager_attention,
+    expose_heads,
     find_layers,
     get_layer,
     model_logits,
@@ -17,6 +18,7 @@ from .adapters import (
 from .attr import LayerGNDI
 from .interventions import Heads, InterventionError, LayerCall
 from .scoring import GNDIResult, compute_gndi, mean_activations
+from .verify import verify_top_k
 
 __all__ = [
     "GNDIResult",
@@ -27,12 +29,14 @@ __all__ = [
     "compute_gndi",
     "describe_layers",
     "eager_attention",
+    "expose_heads",
     "find_layers",
     "get_layer",
     "mean_activations",
     "model_logits",
     "register_adapter",
     "sentence_embedding",
+    "verify_top_k",
     "zoo",
 ]
 

@@ -13,6 +13,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from ._captum_compat import TargetType, as_forward_args, as_input_tuple, integration_points
+from .adapters.transformers import exclude_padding
 from .baselines import LayerBaseline, per_layer
 from .engine import (
     Granularity,
@@ -224,8 +225,8 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             layer_baselines: Layer-space baseline: ``None``/``"zero"``, a number, a tensor
                 broadcastable to the activation, or a callable ``h -> b``; a list gives one per
                 layer, a tuple one per tensor of a multi-tensor layer (a layer whose output is a
-                tuple of several floating-point tensors, or several inputs with
-                ``attribute_to_layer_input``: all of them are intervened on jointly).
+                tuple of several floating-point tensors of one shape, or several such inputs
+                with ``attribute_to_layer_input``: all of them are intervened on jointly).
             norm: How the output change is measured: any order ``p >= 1``, ``math.inf``,
                 ``"l1"``, ``"l2"``, ``"linf"``, or ``"fisher"``: ``sqrt(dz^T (diag(pi) -
                 pi pi^T) dz)`` for the softmax ``pi`` over the output's last dimension
@@ -263,7 +264,10 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 layer-method argument, e.g. ``{"materialize_grads": True}``).
             forward_kwargs: Keyword inputs for the model, e.g. ``{"attention_mask": mask}``
                 for Hugging Face models (``forward_func(*inputs, *additional_forward_args,
-                **forward_kwargs)``).
+                **forward_kwargs)``). An ``(N, T)`` ``attention_mask`` here also keeps padded
+                positions of :class:`~captum_gndi.Heads` points out of the intervention
+                (``h - b = 0`` there, so their position x head scores are exactly 0; see
+                :func:`captum_gndi.adapters.exclude_padding`).
             n_probes: Estimate the squared L2 or Fisher norm from this many random
                 vector-Jacobian products (Rademacher rows; classes drawn from the model's own
                 softmax for ``"fisher"``) instead of one per output dimension: unbiased for the
@@ -328,6 +332,10 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             )
         else:
             layer_specs = per_layer(layer_baselines, len(self._layers))
+        if forward_kwargs:  # padded token positions of Heads points are not intervened on
+            layer_specs = exclude_padding(
+                self._layers, layer_specs, forward_kwargs.get("attention_mask")
+            )
         job = ScoringJob(
             run=make_runner(forward_func, input_tuple, forward_args, target),
             layers=self._layers,

@@ -10,8 +10,8 @@ into units (:mod:`captum_gndi.units`). The results are *effects* with the output
 channel sizes, ``(G,)`` for a ``layer_mask`` or the activation's shape per unit. Scores are
 norms of effects over ``K`` (:func:`effect_norms`).
 
-A layer whose output is a tuple of several floating-point tensors (or, with
-``attribute_to_layer_input``, a module with several tensor inputs) is intervened on *jointly*:
+A layer whose output is a tuple of several floating-point tensors of one shape (or, with
+``attribute_to_layer_input``, a module with several such inputs) is intervened on *jointly*:
 every such tensor is set to its baseline together, and the effect is the sum of the tensors'
 first-order contributions.
 

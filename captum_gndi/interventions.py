@@ -162,12 +162,13 @@ def _first_tensor_index(values: Sequence[Any]) -> int | None:
 def _get_activation(value: Any, where: str) -> tuple[Any, Callable[[Any], Any]]:
     """Split a layer's output (or inputs) into what to intervene on and a rebuild function.
 
-    A tensor is intervened on as is. In a tuple or list, every floating-point tensor element
-    with the batch dimension of the first one (same size of dimension 0; a scalar auxiliary
-    output is not an activation) is intervened on *jointly*, handed to ``edit`` as a tuple when
-    there are several and as the tensor itself when there is one; other elements pass through
-    unchanged. A sequence without a floating-point tensor hands over its first tensor (so the
-    dtype check can say what is wrong).
+    A tensor is intervened on as is. In a tuple or list, every floating-point tensor element of
+    the same shape as the first one is intervened on *jointly*, handed to ``edit`` as a tuple
+    when there are several and as the tensor itself when there is one; other elements pass
+    through unchanged. (Tensors of another shape are a layer's side outputs, not its
+    activation: Hugging Face attention weights ``(N, H, T, T)`` and caches, an auxiliary scalar,
+    the float attention mask among a layer's inputs.) A sequence without a floating-point tensor
+    hands over its first tensor (so the dtype check can say what is wrong).
     """
     if isinstance(value, Tensor):
         return value, lambda t: t
@@ -176,8 +177,8 @@ def _get_activation(value: Any, where: str) -> tuple[Any, Callable[[Any], Any]]:
             i for i, v in enumerate(value) if isinstance(v, Tensor) and v.is_floating_point()
         ]
         if indices:
-            batch = value[indices[0]].shape[:1]
-            indices = [i for i in indices if value[i].dim() > 0 and value[i].shape[:1] == batch]
+            shape = value[indices[0]].shape
+            indices = [i for i in indices if value[i].shape == shape]
         if not indices:
             first = _first_tensor_index(value)
             indices = [] if first is None else [first]

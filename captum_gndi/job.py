@@ -3,9 +3,10 @@
 A :class:`ScoringJob` is a zero-argument ``run`` that evaluates the model on a fixed batch and
 returns its (target-selected) output flattened to ``(N, K)``, plus the intervention points,
 their baselines and how each layer splits into units (:mod:`captum_gndi.units`). A layer whose
-output is a tuple of several floating-point tensors (or, with ``attribute_to_layer_input``, a
-module with several tensor inputs) is intervened on *jointly*: every such tensor is set to its
-baseline together, and its effect is the sum of the tensors' first-order contributions.
+output is a tuple of several floating-point tensors of one shape (or, with
+``attribute_to_layer_input``, a module with several such inputs) is intervened on *jointly*:
+every such tensor is set to its baseline together, and its effect is the sum of the tensors'
+first-order contributions.
 
 A :class:`Cell` is one tangent direction: a unit of a layer at an integration point ``a``; the
 forward and reverse engines (:mod:`captum_gndi.forward_mode`, :mod:`captum_gndi.reverse_mode`)

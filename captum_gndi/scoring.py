@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ._captum_compat import integration_points
+from .adapters.transformers import exclude_padding
 from .baselines import LayerBaseline
 from .engine import (
     Granularity,
@@ -380,7 +381,7 @@ def compute_gndi(
                 run=make_runner(model, part, None, batch_target(model, part, part_labels, target)),
                 layers=specs,
                 labels=names,
-                baselines=baselines,
+                baselines=exclude_padding(specs, baselines, attention_mask_of(part)),
                 attribute_to_layer_input=attribute_to_layer_input,
                 channel_dim=channel_dim,
                 layer_masks=masks,

@@ -1,11 +1,11 @@
 """Where to intervene: intervention points of common model families, by name.
 
 :func:`find_layers` returns a model's intervention points of a chosen ``kind`` (residual
-blocks, residual branches, attention/MLP sublayers, convolutions, linear layers),
-:func:`describe_layers` prints them with what an intervention there means, :func:`get_layer`
-resolves a dotted name, and :func:`register_adapter` teaches all three a model class of your
-own. torchvision and transformers are imported only when a model from them is passed in.
-``docs/adapters.md`` has the table of points per family.
+blocks, residual branches, attention/MLP sublayers, attention heads, convolutions, linear
+layers), :func:`describe_layers` prints them with what an intervention there means,
+:func:`get_layer` resolves a dotted name, and :func:`register_adapter` teaches all three a
+model class of your own. torchvision and transformers are imported only when a model from them
+is passed in. ``docs/adapters.md`` has the table of points per family.
 """
 
 from .describe import describe_layers
@@ -19,10 +19,12 @@ from .generic import (
     get_layer,
 )
 from .registry import Adapter, find_layers, find_points, register_adapter, unregister_adapter
+from .torchvision import expose_heads
 from .transformers import (
     ModelLogits,
     SentenceEmbedding,
     eager_attention,
+    exclude_padding,
     model_logits,
     sentence_embedding,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "check_kind",
     "describe_layers",
     "eager_attention",
+    "exclude_padding",
+    "expose_heads",
     "find_layers",
     "find_points",
     "get_layer",

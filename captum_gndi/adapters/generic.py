@@ -35,8 +35,9 @@ __all__ = [
     "leaf_points",
 ]
 
-KINDS = ("auto", "block", "branch", "attention", "mlp", "conv", "linear")
-"""Valid ``kind`` values of :func:`~captum_gndi.find_layers`: which layers to intervene on."""
+KINDS = ("auto", "block", "branch", "attention", "mlp", "head", "conv", "linear")
+"""Valid ``kind`` values of :func:`~captum_gndi.find_layers`: which layers to intervene on
+(``"head"``: one :class:`~captum_gndi.Heads` point per attention layer)."""
 
 GRANULARITIES = KINDS
 """Deprecated name of :data:`KINDS` (the engine's ``granularity`` is layer/channel/unit)."""
@@ -69,9 +70,10 @@ class Point:
     Attributes:
         name: Dotted name relative to the model passed to ``find_layers`` (``"[call k]"`` is
             appended for one call of a module that runs several times).
-        layer: The module, or the :class:`~captum_gndi.LayerCall`, to intervene on.
+        layer: The module, the :class:`~captum_gndi.LayerCall` or the
+            :class:`~captum_gndi.Heads` to intervene on.
         kind: What the point is: ``"block"``, ``"branch"``, ``"attention"``, ``"mlp"``,
-            ``"conv"``, ``"linear"`` or ``"custom"`` (from a user adapter).
+            ``"head"``, ``"conv"``, ``"linear"`` or ``"custom"`` (from a user adapter).
         meaning: What setting this activation to zero does, in plain words.
     """
 
@@ -250,8 +252,8 @@ def generic_points(
         The points in ``named_modules`` order.
 
     Raises:
-        UnsupportedKind: For ``"branch"``, ``"attention"``, ``"mlp"``, or ``"block"`` when no
-            module has a shortcut attribute.
+        UnsupportedKind: For ``"branch"``, ``"attention"``, ``"mlp"``, ``"head"``, or
+            ``"block"`` when no module has a shortcut attribute.
 
     Examples:
         >>> [p.name for p in generic_points(nn.Sequential(nn.Linear(2, 2)), "linear")]
@@ -291,6 +293,17 @@ def generic_points(
     )
 
 
+def _heads_named(model: nn.Module, canonical: str) -> LayerSpec | None:
+    from .registry import find_layers  # registry imports this module
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return find_layers(model, "head").get(canonical)
+    except ValueError:
+        return None
+
+
 _CALL_SUFFIX = re.compile(r"^(?P<name>.*)\[call (?P<k>\d+)\]$")
 
 
@@ -300,6 +313,8 @@ def get_layer(model: nn.Module, name: str) -> LayerSpec:
     Names are those of ``model.named_modules()``; list indices may be written either way
     (``"layer3.1.bn2"`` or ``"layer3[1].bn2"``), and a ``"[call k]"`` suffix, as in the names
     :func:`~captum_gndi.find_layers` gives for shared modules, returns ``LayerCall(module, k)``.
+    A name ending in ``".heads"`` (``"transformer.h.0.attn.heads"``) returns that
+    :class:`~captum_gndi.Heads` point of ``find_layers(model, "head")``.
 
     Args:
         model: The model.
@@ -315,6 +330,7 @@ def get_layer(model: nn.Module, name: str) -> LayerSpec:
     Examples:
         >>> bn = get_layer(resnet, "layer3.1.bn2")
         >>> call = get_layer(albert, "encoder.albert_layer_groups.0.albert_layers.0[call 2]")
+        >>> heads = get_layer(gpt2, "h.0.attn.heads")  # Heads(h.0.attn.c_proj, 12)
     """
     call = _CALL_SUFFIX.match(name.strip())
     path = call.group("name") if call else name.strip()
@@ -323,6 +339,10 @@ def get_layer(model: nn.Module, name: str) -> LayerSpec:
     if path in modules:
         module = modules[path]
         return LayerCall(module, int(call.group("k")), name=path) if call else module
+    if path.endswith(".heads"):  # a Heads point of find_layers(model, "head")
+        heads = _heads_named(model, path + (f"[call {call.group('k')}]" if call else ""))
+        if heads is not None:
+            return heads
     what = "is a parameter, not a module" if path in dict(model.named_parameters()) else ""
     close = difflib.get_close_matches(path, [n for n in modules if n], n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""

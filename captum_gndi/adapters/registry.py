@@ -25,6 +25,7 @@ from .generic import (
     kind_argument,
 )
 from .torchvision import is_torchvision_model, torchvision_points
+from .transformer_lens import is_transformer_lens_model, transformer_lens_points
 from .transformers import is_transformers_model, transformers_points
 
 __all__ = ["Adapter", "find_layers", "find_points", "register_adapter", "unregister_adapter"]
@@ -57,6 +58,7 @@ class _NotRecognised(Exception):
 
 _USER_ADAPTERS: list[Adapter] = []
 _BUILTIN_ADAPTERS = (
+    Adapter("TransformerLens", is_transformer_lens_model, transformer_lens_points),
     Adapter("Hugging Face transformers", is_transformers_model, transformers_points),
     Adapter("torchvision", is_torchvision_model, torchvision_points),
 )
@@ -247,6 +249,10 @@ def find_layers(
     - ``"branch"``: residual branch outputs before the addition (zeroing one skips its block;
       for transformers, the attention and MLP sublayers);
     - ``"attention"``, ``"mlp"``: transformer sublayer outputs before the residual addition;
+    - ``"head"``: one :class:`~captum_gndi.Heads` point per attention layer (the input of its
+      output projection seen as ``(N, T, H, d_head)``; ``granularity="channel"`` with
+      ``channel_dim=2`` scores each head, ``(1, 2)`` each position x head). torchvision's
+      attention needs ``with captum_gndi.adapters.expose_heads(model):``;
     - ``"conv"``, ``"linear"``: every leaf convolution / linear layer;
     - ``"auto"``: branches for residual CNNs, attention + MLP for transformers, dense layers
       for DenseNet, convolutions and linear layers otherwise.
@@ -263,8 +269,9 @@ def find_layers(
 
     Returns:
         ``{name: layer}``: names relative to ``model`` (``"[call k]"`` marks one call of a
-        shared module), layers ready for :class:`~captum_gndi.LayerGNDI` (modules, or
-        :class:`~captum_gndi.LayerCall` for shared modules such as ALBERT's layers).
+        shared module), layers ready for :class:`~captum_gndi.LayerGNDI` (modules,
+        :class:`~captum_gndi.LayerCall` for shared modules such as ALBERT's layers, or
+        :class:`~captum_gndi.Heads` for ``"head"``).
 
     Raises:
         ValueError: For an invalid kind (the message lists the valid ones) or one the model's

@@ -23,11 +23,20 @@ skips the sublayer exactly; in post-norm models the LayerNorm after the addition
 the stream. Dropout after the projection is the identity in eval mode. ALBERT runs one shared
 layer ``num_hidden_layers`` times, so its points are :class:`~captum_gndi.LayerCall` objects,
 one per call, named ``"<module path>[call k]"``.
+
+``kind="head"`` gives one :class:`~captum_gndi.Heads` point per attention layer, named
+``"<attention module>.heads"`` (``"...attention.heads[call k]"`` for ALBERT): the *input* of the
+attention output projection of the table (the concatenated head outputs), seen as ``(N, T, H,
+d_head)`` with ``H`` read from the attention module (``num_attention_heads``, ``num_heads``,
+``n_heads``, ``n_head``) or from its config. Setting head ``h`` there to its baseline changes that
+head's output and nothing else. :func:`exclude_padding` keeps padded token positions out of the
+intervention (``LayerGNDI.attribute`` applies it when ``forward_kwargs`` holds an
+``attention_mask``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..interventions import LayerCall
+from ..baselines import LayerBaseline, resolve_layer_baseline
+from ..interventions import Heads, LayerCall, LayerSpec
 from .generic import (
     KILLS_DOWNSTREAM,
     Point,
@@ -46,9 +56,13 @@ from .generic import (
 )
 
 __all__ = [
+    "HEAD_COUNT_ATTRIBUTES",
     "ModelLogits",
+    "PaddingExcluded",
     "SentenceEmbedding",
     "eager_attention",
+    "exclude_padding",
+    "head_count",
     "is_transformers_model",
     "model_logits",
     "sentence_embedding",
@@ -70,6 +84,9 @@ _RULES = (
     _Rule("attention.o_proj", "mlp.fc2"),  # ViT in transformers 5
 )
 _PRE_NORMS = ("layernorm_before", "ln_1", "input_layernorm")
+
+HEAD_COUNT_ATTRIBUTES = ("num_attention_heads", "num_heads", "n_heads", "n_head")
+"""Attributes (of an attention module, its submodules or a config) that hold the head count."""
 
 
 def is_transformers_model(model: nn.Module) -> bool:
@@ -122,6 +139,64 @@ def _block_meaning(layer: str) -> str:
         f"zeroing this kills everything downstream (the output of {layer} is the whole "
         "residual stream there)"
     )
+
+
+def head_count(attention: nn.Module, model: nn.Module | None = None) -> int:
+    """The number of heads of an attention module, from its attributes or its config.
+
+    Looks for :data:`HEAD_COUNT_ATTRIBUTES` on ``attention`` and its submodules (BERT's
+    ``attention.self.num_attention_heads``, GPT-2's ``attn.num_heads``, DistilBERT's
+    ``n_heads``, torchvision's ``num_heads``), then on the ``config`` of ``attention`` or of the
+    first module of ``model`` that has one (Llama, Mistral and Qwen2 keep it only there;
+    ``num_key_value_heads`` is never used: the output projection sees all query heads).
+
+    Args:
+        attention: The attention module.
+        model: The model, searched for a config when ``attention`` has none.
+
+    Returns:
+        The head count.
+
+    Raises:
+        UnsupportedKind: When no head count is found.
+
+    Examples:
+        >>> head_count(gpt2.transformer.h[0].attn)
+        12
+    """
+    for module in attention.modules():
+        for attribute in HEAD_COUNT_ATTRIBUTES:
+            value = getattr(module, attribute, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    holders = [attention, *(model.modules() if model is not None else ())]
+    for holder in holders:
+        config = getattr(holder, "config", None)
+        for attribute in HEAD_COUNT_ATTRIBUTES:
+            value = getattr(config, attribute, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    raise UnsupportedKind(
+        f"the number of heads of {type(attention).__name__} is not known (no "
+        f"{'/'.join(HEAD_COUNT_ATTRIBUTES)} attribute or config field); build the point "
+        "yourself with captum_gndi.Heads(projection, n_heads)"
+    )
+
+
+def _head_meaning(layer: str, projection: str) -> str:
+    return (
+        f"setting head h of {layer} to its baseline changes that head's output only (heads: "
+        f"the input of {projection} as (N, T, H, d_head))"
+    )
+
+
+def _head_point(model: nn.Module, layer: _Layer) -> Point:
+    projection = layer.rule.attention
+    attention = projection.split(".")[0]
+    n_heads = head_count(layer.module.get_submodule(attention), model)
+    name = f"{layer.name}.{attention}.heads"
+    heads = Heads(layer.module.get_submodule(projection), n_heads, name=name)
+    return Point(name, heads, "head", _head_meaning(layer.name, f"{layer.name}.{projection}"))
 
 
 def _layer_points(layer: _Layer, wanted: str) -> list[Point]:
@@ -192,6 +267,14 @@ def _albert_points(model: nn.Module, wanted: str) -> list[Point]:
         for j, _layer in enumerate(group.albert_layers):
             path = f"{c.group}.albert_layers.{j}"
             label = f"ALBERT layer {c.depth}" + (f".{j}" if len(group.albert_layers) > 1 else "")
+            if wanted == "head":
+                name = f"{path}.attention.heads[call {c.call}]"
+                n_heads = head_count(model.get_submodule(f"{path}.attention"), model)
+                projection = model.get_submodule(f"{path}.attention.dense")
+                heads = Heads(projection, n_heads, call_index=c.call, name=name)
+                meaning = _head_meaning(label, f"{path}.attention.dense[call {c.call}]")
+                points.append(Point(name, heads, "head", meaning))
+                continue
             if wanted == "block":
                 name, spec = _shared(model, path, c.call)
                 points.append(Point(name, spec, "block", _block_meaning(label)))
@@ -229,7 +312,8 @@ def transformers_points(
     Args:
         model: A ``transformers`` model, or a module containing one (a task head, a wrapper).
         kind: One of ``captum_gndi.adapters.KINDS``; ``"auto"`` and ``"branch"`` give the
-            attention and MLP points of each layer, in forward order.
+            attention and MLP points of each layer, in forward order; ``"head"`` one
+            :class:`~captum_gndi.Heads` point per attention layer.
         granularity: Deprecated name of ``kind`` (kept for one release; warns).
 
     Returns:
@@ -271,6 +355,8 @@ def transformers_points(
                 )
             )
         return points
+    if kind == "head":
+        return [_head_point(model, layer) for layer in layers]
     return [p for layer in layers for p in _layer_points(layer, kind)]
 
 
@@ -335,7 +421,9 @@ class ModelLogits(nn.Module):
         model: A model whose output has a ``logits`` field (a ``...ForSequenceClassification``,
             ``...ForCausalLM``, ``ViTForImageClassification``, ...).
         token_index: For per-token logits ``(N, T, V)``, keep only this position (``-1``: the
-            next-token prediction), giving ``(N, V)``; ``None`` keeps all logits.
+            next-token prediction, at the last real token of each row when an
+            ``attention_mask`` is passed, so right-padded batches score no pad position),
+            giving ``(N, V)``; ``None`` keeps all logits.
 
     Examples:
         >>> clf = ModelLogits(vit_classifier).eval()
@@ -371,7 +459,13 @@ class ModelLogits(nn.Module):
                 f"token_index needs per-token logits (N, T, V); the model returned shape "
                 f"{tuple(logits.shape)}. Use model_logits(model) without token_index."
             )
-        return logits[:, self.token_index]
+        mask = kwargs.get("attention_mask")
+        if mask is None or self.token_index != -1:
+            return logits[:, self.token_index]
+        # the last *real* token of each row (right or left padding), not a pad position
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask.bool(), positions, -1).max(1).values.clamp_min(0)
+        return logits[torch.arange(logits.shape[0], device=logits.device), last]
 
 
 def sentence_embedding(model: nn.Module, normalize: bool = False) -> SentenceEmbedding:
@@ -475,3 +569,80 @@ def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for module, implementation in reversed(switched):
             module.set_attn_implementation(implementation)
+
+
+@dataclass(frozen=True, eq=False)
+class PaddingExcluded:
+    """A layer baseline that leaves padded token positions of a :class:`~captum_gndi.Heads`
+    point untouched: the baseline ``spec`` at real tokens and the activation itself at padding.
+
+    Called with the point's activation ``h`` of shape ``(N, T, H, d_head)``, it returns
+    ``where(mask, b, h)`` with ``b`` the resolved ``spec``, so ``h - b`` is zero at every padded
+    position: intervening on a head sets it to its baseline at real tokens only, and every
+    score of a padded position (position x head, units, path-integrated) is exactly 0.
+
+    A mask that is not 2-D (a 4-D mask built by hand) leaves the baseline as it is.
+
+    Attributes:
+        spec: The layer baseline at real tokens (see :mod:`captum_gndi.baselines`).
+        attention_mask: ``(N, T)``, nonzero for real tokens (Hugging Face's convention).
+        label: The layer's name, for error messages.
+    """
+
+    spec: LayerBaseline
+    attention_mask: Tensor
+    label: str = "heads"
+
+    def __call__(self, h: Tensor) -> Tensor:
+        """The baseline for activation ``h`` (padded positions: ``h`` itself)."""
+        h = h.detach()
+        b = resolve_layer_baseline(self.spec, h, self.label)
+        mask = self.attention_mask
+        if mask.dim() != 2:
+            return b  # a 4-D (N, 1, T, S) mask of the model's own: no padding to read off
+        if tuple(mask.shape) != tuple(h.shape[:2]):
+            raise ValueError(
+                f"The attention_mask has shape {tuple(mask.shape)}, but the heads of "
+                f"'{self.label}' have {tuple(h.shape[:2])} (batch, positions); give the (N, T) "
+                "padding mask that the tokenizer returned with these inputs."
+            )
+        keep = (mask != 0).to(h.device).reshape(*mask.shape, *([1] * (h.dim() - 2)))
+        return torch.where(keep, b, h)
+
+
+def exclude_padding(
+    layers: Sequence[LayerSpec],
+    baselines: Sequence[LayerBaseline],
+    attention_mask: Tensor | None,
+) -> list[LayerBaseline]:
+    """Wrap the baselines of :class:`~captum_gndi.Heads` points so padding is not intervened on.
+
+    Token positions where ``attention_mask`` is 0 are no units: the model's own attention masks
+    them out as keys, so what happens there reaches a real token only through the readout (the
+    padded rows of a last hidden state, for instance). With the wrapped baselines
+    (:class:`PaddingExcluded`) ``h - b`` is zero at padded positions, so position x head scores
+    there are exactly 0 (not NaN: the effect of an intervention that changes nothing), and a
+    head's ``(N, H)`` score is the effect of setting it to its baseline at real tokens only.
+    ``LayerGNDI.attribute`` applies this when ``forward_kwargs`` holds an ``attention_mask``;
+    other points (modules, :class:`~captum_gndi.LayerCall`) and multi-tensor baselines are
+    returned unchanged.
+
+    Args:
+        layers: The intervention points.
+        baselines: One layer baseline per point.
+        attention_mask: ``(N, T)``, nonzero for real tokens; ``None`` changes nothing.
+
+    Returns:
+        The baselines, those of ``Heads`` points wrapped.
+
+    Examples:
+        >>> specs = exclude_padding(points, [None] * len(points), batch["attention_mask"])
+    """
+    if attention_mask is None or not isinstance(attention_mask, Tensor):
+        return list(baselines)
+    return [
+        PaddingExcluded(spec, attention_mask, layer.name or "heads")
+        if isinstance(layer, Heads) and not isinstance(spec, (tuple, PaddingExcluded))
+        else spec
+        for layer, spec in zip(layers, baselines)
+    ]

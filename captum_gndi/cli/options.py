@@ -1,7 +1,7 @@
 """Options that several subcommands share, and the deprecated spellings they still accept.
 
 One word per concept, in every subcommand's ``--help``: ``--kind`` says which layers (an adapter
-kind: block, branch, attention, mlp, conv, linear, auto), ``--granularity`` says what one unit
+kind: block, branch, attention, mlp, head, conv, linear, auto), ``--granularity`` says what one unit
 is (a whole layer or one channel), and ``--criteria`` names the importance criteria. The old
 spellings (``--granularity branch``, ``--level``, ``--methods``) still work for one release:
 they print one warning line on stderr and set the new option.
@@ -138,8 +138,8 @@ def add_model_options(parser: argparse.ArgumentParser, with_data: bool = True) -
     group.add_argument(
         "--kind",
         default="auto",
-        help="which layers: auto, block, branch, attention, mlp, conv, linear, or a comma list "
-        "such as attention,mlp (default auto)",
+        help="which layers: auto, block, branch, attention, mlp, head, conv, linear, or a comma "
+        "list such as attention,mlp (default auto)",
     )
     if not with_data:
         return
