@@ -156,6 +156,8 @@ class Runner:
         """Run the model; return the target-selected output as ``(N, K)``."""
         inputs, target = self.inputs, self.target
         output = run_forward(self.forward_func, inputs, self.forward_args)
+        if not isinstance(output, Tensor) and isinstance(getattr(output, "logits", None), Tensor):
+            output = output.logits  # a Hugging Face ModelOutput: its logits are the output
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"forward_func returned a {type(output).__name__}; G-NDI needs a tensor of "

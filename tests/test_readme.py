@@ -25,3 +25,17 @@ def test_readme_quick_start_runs(shared_data, monkeypatch):
     assert result.n_examples == 64 and len(result.names) == 9
     assert namespace["scores"][0].shape == (4,)
     assert namespace["delta"][0].shape == (4,)
+
+
+def test_readme_transformer_loader_example_runs(monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(from torch.utils.data import DataLoader\n.*?)```", readme, re.S)
+    assert block, "the transformer loader example is missing from the README"
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {}
+    exec(compile(block.group(1).replace("print(result)", ""), "README.md", "exec"), namespace)
+    result, next_token = namespace["result"], namespace["next_token"]
+    assert result.n_examples == 8 and len(result.names) == 4
+    assert result.mean[result.names[0]].shape == (4,) and result.settings["p"] == "fisher"
+    assert result.probe_stderr is not None
+    assert next_token.mean[next_token.names[0]].shape == (4,)
