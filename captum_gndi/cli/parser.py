@@ -12,12 +12,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import demo, describe, prune, score, validate
+from . import demo, describe, prune, score, validate, verify
 from .options import PROG
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
-SUBCOMMANDS = (validate, score, describe, demo, prune)
+SUBCOMMANDS = (validate, score, describe, demo, prune, verify)
 """The subcommand modules, in the order ``--help`` lists them."""
 
 _USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)

@@ -9,7 +9,7 @@ from typing import Any
 from .loaders import prepare_scoring, split_names
 from .options import add_model_options, add_scoring_options, known_criteria, unit_granularity
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "load_layer_mask", "run"]
 
 _EPILOG = """examples:
   # every residual branch of the trained ResNet-56, all criteria, zero baseline
@@ -21,6 +21,10 @@ _EPILOG = """examples:
       --n-channels 300 --baseline mean --out report-channels/
   # a sentence encoder: attention and MLP sublayers, damage = change of the embedding
   captum-gndi validate --model minilm --kind attention,mlp --out report-minilm/
+  # groups as units: a layer_mask saved with torch.save (one tensor for every layer, or a
+  # dict layer name -> tensor; Captum's LayerFeatureAblation semantics)
+  captum-gndi validate --model cifar-resnet20 --weights resnet20.th --kind conv \
+      --layer-mask quarters.pt --out report-groups/
 
 The report folder holds report.md (the summary with verdicts), report.json, CSV tables and
 figures. Criteria: {criteria}.
@@ -52,6 +56,13 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="comma-separated damage metrics: accuracy_drop, loss_increase, output_delta, kl, "
         "embedding_cosine (default: the first four; the last two for text models)",
     )
+    parser.add_argument(
+        "--layer-mask",
+        metavar="FILE",
+        help="groups as units: a file written by torch.save holding one integer mask for every "
+        "layer or a dict layer name -> mask (group ids 0..G-1, Captum's LayerFeatureAblation "
+        "semantics; batch dimension 1 or one row per example)",
+    )
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--out", default="report", help="report folder (default report/)")
     parser.set_defaults(func=run)
@@ -70,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     from ..validation import validate
 
     granularity = unit_granularity(args)
+    layer_mask = load_layer_mask(args.layer_mask)
+    if layer_mask is not None and args.granularity == "layer":
+        granularity = "layer"  # the mask's groups are the units; --n-channels samples them
     loaded, loader, layers = prepare_scoring(args)
     report = validate(
         loaded.model,
@@ -89,7 +103,35 @@ def run(args: argparse.Namespace) -> int:
         channel_dim=loaded.channel_dim,
         n_boot=args.n_boot,
         metadata={"model": args.model, "data": args.data or loaded.data},
+        layer_mask=layer_mask,
     )
     print(report.to_markdown())
     print(f"\nreport written to {Path(args.out).resolve()}")
     return 0
+
+
+def load_layer_mask(path: str | None) -> Any:
+    """The ``--layer-mask`` file: a tensor or a dict layer name -> tensor (``None``: no file).
+
+    Args:
+        path: The file written by ``torch.save``, or ``None``.
+
+    Returns:
+        The mask(s), or ``None``.
+
+    Raises:
+        ValueError: For a file that holds neither a tensor nor a dict of tensors.
+    """
+    if path is None:
+        return None
+    import torch
+
+    mask = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(mask, torch.Tensor):
+        return mask
+    if isinstance(mask, dict) and all(isinstance(v, torch.Tensor) for v in mask.values()):
+        return {str(k): v for k, v in mask.items()}
+    raise ValueError(
+        f"--layer-mask {path} holds a {type(mask).__name__}; save one integer tensor "
+        "(torch.save(mask, path)) or a dict layer name -> tensor."
+    )

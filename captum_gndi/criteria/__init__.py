@@ -1,11 +1,11 @@
 """Importance criteria, one score per unit: G-NDI and the criteria it is compared with.
 
-Every criterion scores the same units as :func:`captum_gndi.validation.ablate` (whole layers, or
-single channels of them) and returns a score per unit ``(U,)``, higher meaning "more
-important"; criteria defined per example also return ``(N, U)`` per-example scores (their mean
-over examples is the score). Each is a small function ``criterion(ctx)`` behind the
-:class:`Criterion` protocol, given a :class:`CriterionContext` that :func:`build_context` builds
-once. The reductions to one number per unit are:
+Every criterion scores the same units as :func:`captum_gndi.validation.ablate` (whole layers,
+single channels of them, or the groups of a ``layer_mask``) and returns a score per unit
+``(U,)``, higher meaning "more important"; criteria defined per example also return ``(N, U)``
+per-example scores (their mean over examples is the score). Each is a small function
+``criterion(ctx)`` behind the :class:`Criterion` protocol, given a :class:`CriterionContext`
+that :func:`build_context` builds once. The reductions to one number per unit are:
 
 ==========================  ================================================================
 name                        score of a unit (a layer, or one channel of it)
@@ -36,10 +36,17 @@ the unit's activation and ``b`` its baseline. The controls ``depth``, ``param_co
 ``activation_change``, ``random`` and ``grad_x_activation`` (:data:`CONTROL_CRITERIA`) are
 ordinary criteria whose names the statistics treat as controls.
 
+At group granularity (``layer_mask``, Captum's ``LayerFeatureAblation`` semantics; see
+:mod:`~captum_gndi.criteria.groups`) "the unit" is the group's elements ``1[M = g]``: ``gndi`` and
+``gndi_path`` use the engine's group granularity, ``activation_change`` is
+``||1[M = g] (h - b)||_2`` and the other per-element criteria sum over the group. The weight-based
+criteria, ``hrank`` and ``param_count`` raise :class:`UndefinedCriterion` there.
+
 The modules: :mod:`~captum_gndi.criteria.context` (the context, the protocol and the shared
 helpers), :mod:`~captum_gndi.criteria.activation` (G-NDI and activation-based),
 :mod:`~captum_gndi.criteria.attribution` (Captum-based), :mod:`~captum_gndi.criteria.weights`
-(weight-based, and which weights feed a unit), :mod:`~captum_gndi.criteria.controls` and
+(weight-based, and which weights feed a unit), :mod:`~captum_gndi.criteria.groups` (masks over a
+data set), :mod:`~captum_gndi.criteria.controls` and
 :mod:`~captum_gndi.criteria.registry` (the names and the entry points).
 
 SynFlow's layer sums are nearly equal by its conservation law (exactly equal for a bias-free

@@ -19,35 +19,92 @@ from .._captum_compat import integration_points
 from ..baselines import resolve_layer_baseline
 from ..engine import compute_effects, effect_norms
 from ..interventions import intervene
+from ..units import unit_index
 from .context import (
     CriterionContext,
     CriterionResult,
     PerLayer,
     UndefinedCriterion,
     per_example_scores,
-    unit_sums,
 )
+from .groups import expand_columns
 
 __all__ = ["activation_change", "gndi", "gndi_path", "hrank", "taylor"]
 
 
 def _gndi_scores(
-    ctx: CriterionContext, alphas: Sequence[float], weights: Sequence[float], what: str
+    ctx: CriterionContext,
+    alphas: Sequence[float],
+    weights: Sequence[float],
+    what: str,
+    only_scored: bool = False,
 ) -> CriterionResult:
-    granularity = "channel" if ctx.channel_level else "layer"
+    """G-NDI of every unit from the engine, one batch at a time.
+
+    With ``only_scored`` (path integration, whose cost grows with the number of units), a
+    sample of channels is scored as groups: each scored channel its own group, the layer's other
+    channels one extra group, so that the engine integrates the scored channels only (each
+    channel on its own path, the same numbers as ``granularity="channel"``).
+    """
+    granularity = "group" if ctx.group_level else "channel" if ctx.channel_level else "layer"
+    channel_masks: list[Tensor] | None = None
+    positions: dict[str, dict[int, int]] = {}
 
     def batch_fn(inputs: tuple[Tensor, ...], _labels: Tensor | None) -> PerLayer:
-        job = ctx.scoring_job(inputs)
-        effects, _ = compute_effects(job, "auto", granularity, alphas, weights)
-        norms = dict(zip(ctx.layer_names, (effect_norms(e, 2.0) for e in effects)))
+        nonlocal channel_masks
+        present: list[Tensor | None] = [None] * len(ctx.layer_names)
+        masks: list[Tensor] | None = None
+        if granularity == "group":
+            masks, present = ctx.engine_masks()
+        elif granularity == "channel" and only_scored:
+            if channel_masks is None:
+                channel_masks = _scored_channel_masks(ctx, inputs, positions)
+            masks = channel_masks or None
+        job = ctx.scoring_job(inputs, masks)
+        effects, _ = compute_effects(
+            job, "auto", "group" if masks else granularity, alphas, weights
+        )
+        norms = {}
+        for name, effect, ids in zip(ctx.layer_names, effects, present):
+            score = effect_norms(effect, 2.0)
+            norms[name] = expand_columns(score, ids, ctx.n_groups.get(name, 0))
 
         def per_layer(name: str, channels: list[int | None]) -> Tensor:
             score = norms[name]
-            return score[:, None] if score.dim() == 1 else score[:, channels]
+            if score.dim() == 1:
+                return score[:, None]
+            if name in positions:
+                return score[:, [positions[name][int(c)] for c in channels]]  # type: ignore[arg-type]
+            return score[:, channels]
 
         return per_layer
 
     return per_example_scores(ctx, what, batch_fn)
+
+
+def _scored_channel_masks(
+    ctx: CriterionContext, inputs: tuple[Tensor, ...], positions: dict[str, dict[int, int]]
+) -> list[Tensor]:
+    """Group masks that keep only the scored channels (empty when every channel is scored).
+
+    Fills ``positions``: layer -> channel -> its group id.
+    """
+    acts = ctx.activations(inputs)
+    masks, partial = [], False
+    for name in ctx.layer_names:
+        h = acts[name]
+        index = unit_index("channel", h.shape, name, ctx.channel_dim, device=h.device)
+        scored = sorted({int(c) for c in ctx.columns(name)[1]})  # type: ignore[arg-type]
+        remap = torch.full((index.n_groups,), len(scored), dtype=torch.long, device=h.device)
+        remap[torch.as_tensor(scored, device=h.device)] = torch.arange(len(scored), device=h.device)
+        partial = partial or len(scored) < index.n_groups
+        assert index.mask is not None
+        masks.append(remap[index.mask])
+        positions[name] = {c: i for i, c in enumerate(scored)}
+    if not partial:
+        positions.clear()
+        return []
+    return masks
 
 
 def gndi(ctx: CriterionContext) -> CriterionResult:
@@ -84,7 +141,7 @@ def gndi_path(ctx: CriterionContext) -> CriterionResult:
         >>> scores, _ = gndi_path(build_context(model, loader, ["0"], n_steps=32))
     """
     alphas, weights = integration_points(ctx.n_steps, ctx.integration)
-    return _gndi_scores(ctx, alphas, weights, f"G-NDI path ({ctx.n_steps} steps)")
+    return _gndi_scores(ctx, alphas, weights, f"G-NDI path ({ctx.n_steps} steps)", True)
 
 
 def activation_change(ctx: CriterionContext) -> CriterionResult:
@@ -106,7 +163,7 @@ def activation_change(ctx: CriterionContext) -> CriterionResult:
         def per_layer(name: str, channels: list[int | None]) -> Tensor:
             h = acts[name]
             delta = h - resolve_layer_baseline(ctx.baselines[name], h, name)
-            return unit_sums(delta.double().pow(2), channels, ctx.channel_dim).sqrt()
+            return ctx.sums(name, delta.double().pow(2), channels).sqrt()
 
         return per_layer
 
@@ -132,6 +189,7 @@ def hrank(ctx: CriterionContext) -> CriterionResult:
     Examples:
         >>> scores, _ = hrank(build_context(model, loader, ["conv1"], granularity="channel"))
     """
+    ctx.no_groups("hrank", "the rank of a group of elements is not that of (H, W) feature maps")
 
     def batch_fn(inputs: tuple[Tensor, ...], _labels: Tensor | None) -> PerLayer:
         acts = ctx.activations(inputs)
@@ -194,6 +252,6 @@ def taylor(ctx: CriterionContext) -> CriterionResult:
 
     def batch_fn(inputs: tuple[Tensor, ...], labels: Tensor | None) -> PerLayer:
         acts, grads = _activation_gradients(ctx, inputs, ctx.loss_labels(inputs, labels, "taylor"))
-        return lambda name, ch: unit_sums(acts[name] * grads[name], ch, ctx.channel_dim).abs()
+        return lambda name, ch: ctx.sums(name, acts[name] * grads[name], ch).abs()
 
     return per_example_scores(ctx, "Taylor", batch_fn)

@@ -19,7 +19,6 @@ from .context import (
     check_float_inputs,
     first_tensor,
     per_example_scores,
-    unit_sums,
 )
 
 __all__ = ["grad_x_activation", "layer_conductance", "layer_integrated_gradients"]
@@ -56,7 +55,7 @@ def grad_x_activation(ctx: CriterionContext) -> CriterionResult:
             h = acts[name]
             delta = h - resolve_layer_baseline(ctx.baselines[name], h, name)
             grad = first_tensor(grads[ctx.layer_names.index(name)])
-            return unit_sums(grad.detach() * delta, channels, ctx.channel_dim).abs()
+            return ctx.sums(name, grad.detach() * delta, channels).abs()
 
         return per_layer
 
@@ -82,7 +81,7 @@ def _captum_path(
                 internal_batch_size=inputs[0].shape[0],  # one path point per pass
             )
             attribution = first_tensor(attribution).detach()
-            return unit_sums(attribution, channels, ctx.channel_dim).abs()
+            return ctx.sums(name, attribution, channels).abs()
 
         return per_layer
 

@@ -15,7 +15,7 @@ This module reads data only through :mod:`captum_gndi.runs` and builds scoring j
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
 import numpy as np
@@ -38,6 +38,7 @@ from ..runs import (
     warn_if_training,
 )
 from ..scoring import layer_baselines
+from .groups import LayerMask, batch_mask, check_mask_rows, compact_mask, group_sums
 
 if TYPE_CHECKING:
     from ..validation.ablation import Unit
@@ -87,6 +88,11 @@ class CriterionContext:
         device: Where to run.
         progress: Show progress bars.
         max_batches: Use at most this many batches.
+        layer_masks: Layer name -> its data-set ``layer_mask`` (as many dimensions as the
+            activation; batch dimension 1 or one row per example) for group units.
+        n_groups: Layer name -> its number of groups G.
+        batch_masks: The current batch's rows of every mask, set by :meth:`batches` before it
+            yields a batch.
     """
 
     model: nn.Module
@@ -103,6 +109,9 @@ class CriterionContext:
     device: torch.device
     progress: bool
     max_batches: int | None
+    layer_masks: dict[str, Tensor] = field(default_factory=dict)
+    n_groups: dict[str, int] = field(default_factory=dict)
+    batch_masks: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def channel_level(self) -> bool:
@@ -110,21 +119,86 @@ class CriterionContext:
         return any(unit.channel is not None for unit in self.units)
 
     @property
+    def group_level(self) -> bool:
+        """Whether any unit is a group of a ``layer_mask``."""
+        return any(unit.group is not None for unit in self.units)
+
+    def no_groups(self, criterion: str, why: str) -> None:
+        """Raise :class:`UndefinedCriterion` when the units are groups of a ``layer_mask``.
+
+        Args:
+            criterion: The criterion's name.
+            why: What the criterion needs that a group of activation elements lacks.
+
+        Raises:
+            UndefinedCriterion: At group granularity.
+        """
+        if self.group_level:
+            raise UndefinedCriterion(
+                f"{criterion} is undefined for groups of a layer_mask: {why}. Use "
+                "granularity='layer' or 'channel' for it."
+            )
+
+    @property
     def layer_names(self) -> list[str]:
         """Layers that hold at least one unit, in forward order."""
         return list(dict.fromkeys(unit.layer for unit in self.units))
 
     def columns(self, layer: str) -> tuple[list[int], list[int | None]]:
-        """Column indices and channels of the units of one layer."""
-        picked = [(i, u.channel) for i, u in enumerate(self.units) if u.layer == layer]
+        """Column indices and channels (group ids for group units) of one layer's units."""
+        picked = [
+            (i, u.group if u.group is not None else u.channel)
+            for i, u in enumerate(self.units)
+            if u.layer == layer
+        ]
         return [i for i, _ in picked], [c for _, c in picked]
 
     def batches(self, what: str) -> Iterator[tuple[tuple[Tensor, ...], Tensor | None]]:
-        """This rank's batches on the device, labelled ``what`` in the progress bar."""
-        return iterate_batches(self.data, self.device, self.max_batches, self.progress, what)
+        """This rank's batches on the device, labelled ``what`` in the progress bar.
 
-    def scoring_job(self, inputs: tuple[Tensor, ...]) -> ScoringJob:
-        """The engine's job for one batch: the model on ``inputs``, every scored layer."""
+        Before yielding a batch, sets :attr:`batch_masks` to the batch's rows of every
+        ``layer_mask``; after the last, checks that per-example masks had one row per example.
+        """
+        offset = 0
+        for inputs, labels in iterate_batches(
+            self.data, self.device, self.max_batches, self.progress, what
+        ):
+            n = inputs[0].shape[0]
+            self.batch_masks = {
+                name: batch_mask(mask, offset, n, name) for name, mask in self.layer_masks.items()
+            }
+            yield inputs, labels
+            offset += n
+        check_mask_rows(self.layer_masks, offset)
+
+    def sums(self, layer: str, values: Tensor, keys: Sequence[int | None]) -> Tensor:
+        """Sum per-example ``values`` (shaped like the layer's activation) over every unit.
+
+        Args:
+            layer: The layer's name.
+            values: ``(n, *shape)`` values of the current batch.
+            keys: The units' channels, or group ids (as :meth:`columns` gives them).
+
+        Returns:
+            ``(n, len(keys))`` sums over the whole layer, one channel or one group.
+        """
+        if layer in self.layer_masks:
+            mask = self.batch_masks[layer]
+            return group_sums(values, mask, [int(k) for k in keys], self.n_groups[layer])
+        return unit_sums(values, keys, self.channel_dim)
+
+    def scoring_job(
+        self, inputs: tuple[Tensor, ...], layer_masks: Sequence[Tensor | None] | None = None
+    ) -> ScoringJob:
+        """The engine's job for one batch: the model on ``inputs``, every scored layer.
+
+        Args:
+            inputs: The batch's inputs.
+            layer_masks: One engine mask per scored layer (``"group"`` granularity).
+
+        Returns:
+            The job.
+        """
         names = self.layer_names
         return ScoringJob(
             run=make_runner(self.model, inputs, None, None),
@@ -132,7 +206,19 @@ class CriterionContext:
             labels=names,
             baselines=[self.baselines[n] for n in names],
             channel_dim=self.channel_dim,
+            layer_masks=layer_masks,
         )
+
+    def engine_masks(self) -> tuple[list[Tensor], list[Tensor | None]]:
+        """The current batch's masks as the engine wants them (every group id present).
+
+        Returns:
+            ``(masks, present)`` per scored layer: the (renumbered) mask, and the group ids it
+            holds (``None`` when all are there; see
+            :func:`~captum_gndi.criteria.groups.compact_mask`).
+        """
+        compacted = [compact_mask(self.batch_masks[n], self.n_groups[n]) for n in self.layer_names]
+        return [m for m, _ in compacted], [p for _, p in compacted]
 
     def activations(self, inputs: tuple[Tensor, ...]) -> dict[str, Tensor]:
         """Layer name -> its detached activation on ``inputs`` (one forward pass)."""
@@ -208,6 +294,7 @@ def build_context(
     device: torch.device | str | None = None,
     progress: bool = True,
     max_batches: int | None = None,
+    layer_mask: LayerMask | None = None,
 ) -> CriterionContext:
     """Resolve layers, units and baselines and check the settings, once for all criteria.
 
@@ -215,7 +302,8 @@ def build_context(
         model: The model (in eval mode: a warning otherwise).
         data: A DataLoader (or re-iterable) of ``(inputs, labels)`` or unlabelled inputs.
         layers: Dict name -> module or dotted names.
-        granularity: ``"layer"`` or ``"channel"`` (ignored when ``units`` is given).
+        granularity: ``"layer"``, ``"channel"`` or ``"group"`` (ignored when ``units`` is
+            given; ``"group"`` is implied by ``layer_mask``).
         baseline: ``"zero"``, ``"mean"``, a number, or a dict name -> layer baseline.
         target: ``"label"``, ``"predicted"``, a class index, or ``None``.
         units: Precomputed units (default: :func:`~captum_gndi.validation.select_units`).
@@ -229,13 +317,17 @@ def build_context(
         device: Where to run (default: the model's device).
         progress: Show progress bars.
         max_batches: Use at most this many batches.
+        layer_mask: Groups with Captum's ``LayerFeatureAblation`` semantics (one mask for every
+            layer or a dict name -> mask; see :mod:`captum_gndi.criteria.groups`); needed for
+            group units.
 
     Returns:
         The :class:`CriterionContext`.
 
     Raises:
         ValueError: For ``n_steps`` or ``n_random`` below 1, an unknown target or integration
-            rule, or layers that are not in the model.
+            rule, layers that are not in the model, group units without a ``layer_mask``, or a
+            mask the engine rejects.
 
     Examples:
         >>> ctx = build_context(model, loader, ["0", "2"], granularity="channel")
@@ -245,11 +337,15 @@ def build_context(
     warn_if_training(model)
     named = resolve_layers(model, layers)
     device = resolve_device(model, device)
-    if units is None:
-        # validation imports this package, so its unit selection is imported when needed
-        from ..validation.ablation import select_units
+    # validation imports this package, so its unit selection is imported when needed
+    from ..validation.ablation import group_masks, select_units
 
-        units = select_units(model, data, named, granularity, n_channels, seed, channel_dim, device)
+    if units is None:
+        units = select_units(
+            model, data, named, granularity, n_channels, seed, channel_dim, device, layer_mask
+        )
+    units = list(units)
+    masks, n_groups = group_masks(model, data, named, units, layer_mask, device)
     if n_steps < 1 or n_random < 1:
         raise ValueError(f"n_steps and n_random must be >= 1, got {n_steps} and {n_random}.")
     check_data_target(target)
@@ -258,7 +354,7 @@ def build_context(
         model=model,
         data=data,
         named=named,
-        units=list(units),
+        units=units,
         baselines=layer_baselines(model, data, named, baseline, device, progress, max_batches),
         target=target,
         n_steps=n_steps,
@@ -269,6 +365,8 @@ def build_context(
         device=device,
         progress=progress,
         max_batches=max_batches,
+        layer_masks=masks,
+        n_groups=n_groups,
     )
 
 

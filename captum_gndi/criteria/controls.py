@@ -31,6 +31,7 @@ def param_count(ctx: CriterionContext) -> CriterionResult:
     Examples:
         >>> scores, _ = param_count(build_context(model, loader, ["0", "2"]))
     """
+    ctx.no_groups("param_count", "a group of activation elements has no parameters of its own")
     counts = [
         sum(p.numel() for _, p in unit_parameters(ctx.model, ctx.named[u.layer], u.channel))
         for u in ctx.units

@@ -24,6 +24,7 @@ from .activation import activation_change, gndi, gndi_path, hrank, taylor
 from .attribution import grad_x_activation, layer_conductance, layer_integrated_gradients
 from .context import Criterion, CriterionContext, CriterionResult, UndefinedCriterion, build_context
 from .controls import depth, param_count, random
+from .groups import LayerMask
 from .weights import grasp, magnitude, snip, synflow
 
 if TYPE_CHECKING:
@@ -168,6 +169,7 @@ def score_criteria(
     progress: bool = True,
     max_batches: int | None = None,
     skip_undefined: bool = False,
+    layer_mask: LayerMask | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Score every unit of ``layers`` with several importance criteria.
 
@@ -177,7 +179,8 @@ def score_criteria(
         layers: Dict name -> module (e.g. ``captum_gndi.adapters.find_layers``) or dotted names.
         criteria: Names among :func:`available_criteria` (``None``: all). The old keyword
             ``methods=`` is accepted with a ``DeprecationWarning``.
-        granularity: ``"layer"`` or ``"channel"`` (ignored when ``units`` is given).
+        granularity: ``"layer"``, ``"channel"`` or ``"group"`` (ignored when ``units`` is
+            given; ``"group"`` is implied by ``layer_mask``).
         baseline: ``"zero"``, ``"mean"``, a number, or a dict name -> layer baseline; used by
             G-NDI, gradient x activation and activation change.
         target: Output used by loss- and logit-based criteria: ``"label"``, ``"predicted"``, a
@@ -197,6 +200,9 @@ def score_criteria(
         max_batches: Use at most this many batches.
         skip_undefined: Skip criteria undefined for this model (warning with the reason)
             instead of raising :class:`~captum_gndi.criteria.UndefinedCriterion`.
+        layer_mask: Groups as units (Captum's ``LayerFeatureAblation`` semantics; one mask for
+            every layer or a dict name -> mask, see :mod:`captum_gndi.criteria.groups`); needed
+            for group units.
 
     Returns:
         ``(scores, scores_per_example)``: criterion -> ``(U,)`` scores (``random``: ``(S, U)``),
@@ -229,6 +235,7 @@ def score_criteria(
         device=device,
         progress=progress,
         max_batches=max_batches,
+        layer_mask=layer_mask,
     )
     scores: dict[str, np.ndarray] = {}
     per_example: dict[str, np.ndarray] = {}

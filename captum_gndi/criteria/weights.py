@@ -110,8 +110,12 @@ def unit_parameters(
     return [(f"{n}[{channel}]", p[channel]) for n, p in params]
 
 
+_NO_WEIGHTS = "a group of activation elements has no weights of its own"
+
+
 def _unit_param_names(ctx: CriterionContext) -> list[list[tuple[str, int | None]]]:
     """Per unit: the parameter names and channel slices feeding it."""
+    ctx.no_groups("weight-based criteria", _NO_WEIGHTS)
     out = []
     for unit in ctx.units:
         params = unit_parameters(ctx.model, ctx.named[unit.layer], unit.channel)
@@ -201,6 +205,7 @@ def snip(ctx: CriterionContext) -> CriterionResult:
     Examples:
         >>> scores, _ = snip(build_context(model, loader, ["0", "2"]))
     """
+    ctx.no_groups("snip", _NO_WEIGHTS)
     params = _feeding_params(ctx)
     grads = _loss_gradient(ctx, params, "SNIP")
     values = {n: (params[n].detach() * grads[n]).abs() for n in params}
@@ -224,6 +229,7 @@ def grasp(ctx: CriterionContext) -> CriterionResult:
     Examples:
         >>> scores, _ = grasp(build_context(model, loader, ["0", "2"]))
     """
+    ctx.no_groups("grasp", _NO_WEIGHTS)
     params = {
         n: p
         for n, p in ctx.model.named_parameters()
@@ -252,6 +258,7 @@ def synflow(ctx: CriterionContext) -> CriterionResult:
     Examples:
         >>> scores, _ = synflow(build_context(model, loader, ["0", "2"], target=None))
     """
+    ctx.no_groups("synflow", _NO_WEIGHTS)
     inputs, _ = next(iter(iterate_batches(ctx.data, ctx.device, 1, False, "SynFlow")))
     check_float_inputs(inputs, "synflow")
     model = copy.deepcopy(ctx.model).double().eval()
@@ -291,6 +298,7 @@ def magnitude(ctx: CriterionContext) -> CriterionResult:
     Examples:
         >>> scores, _ = magnitude(build_context(model, loader, ["0"], granularity="channel"))
     """
+    ctx.no_groups("magnitude", _NO_WEIGHTS)
     scores = []
     for unit in ctx.units:
         params = unit_parameters(ctx.model, ctx.named[unit.layer], unit.channel)

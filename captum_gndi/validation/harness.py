@@ -1,4 +1,9 @@
-"""``validate``: ablate every unit, score it with every criterion, compare, report."""
+"""``validate``: ablate every unit, score it with every criterion, compare, report.
+
+Units are whole layers, channels, or the groups of a ``layer_mask`` (Captum's
+``LayerFeatureAblation`` semantics; the ground truth of a group is Captum's
+``LayerFeatureAblation`` itself, see :mod:`captum_gndi.validation.ablation`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from torch import nn
 
 from ..baselines import LayerBaseline
 from ..criteria import UndefinedCriterion, build_context, check_criteria, score_each
+from ..criteria.groups import LayerMask
 from ..runs import DataTarget, Layers, first_batch, resolve_device, resolve_layers
 from .ablation import ablate, layer_baselines, select_units
 from .report import ValidationReport, build_report
@@ -45,6 +51,7 @@ def validate(
     n_boot: int = 2000,
     metadata: Mapping[str, Any] | None = None,
     methods: Sequence[str] | None = None,
+    layer_mask: LayerMask | None = None,
 ) -> ValidationReport:
     """Check how well importance criteria predict the damage of true interventions.
 
@@ -68,9 +75,9 @@ def validate(
             accuracy drop, loss increase, output change and KL for labelled data; output change
             and embedding cosine distance otherwise.
         baseline: ``"zero"``, ``"mean"`` (data-set mean activation), a number, or a dict.
-        granularity: ``"layer"`` or ``"channel"``.
-        n_channels: With ``granularity="channel"``, the size of a seeded random sample of
-            channels (``None``: every channel).
+        granularity: ``"layer"``, ``"channel"`` or ``"group"`` (implied by ``layer_mask``).
+        n_channels: With ``granularity="channel"`` (or a ``layer_mask``), the size of a seeded
+            random sample of channels (groups) (``None``: all of them).
         seed: Seed of the channel sample, the random control and the resampling.
         device: Where to run (default: the model's device).
         progress: Show progress bars.
@@ -84,6 +91,12 @@ def validate(
         n_boot: Bootstrap resamples per confidence interval.
         metadata: Extra entries for the report's header (e.g. the model's name).
         methods: Deprecated spelling of ``criteria``.
+        layer_mask: Groups as units (``granularity="group"``, implied): one integer mask for
+            every layer, or a dict name -> mask, with Captum's ``LayerFeatureAblation``
+            semantics (group ids ``0..G-1``; batch dimension 1, or one row per example of the
+            data in the order it is read). The damage of a group is measured by Captum's
+            ``LayerFeatureAblation`` with the same mask; criteria that are undefined for groups
+            (the weight-based ones, HRank, parameter count) are skipped with a warning.
 
     Returns:
         The :class:`~captum_gndi.validation.report.ValidationReport`.
@@ -92,6 +105,8 @@ def validate(
         >>> from captum_gndi.adapters import find_layers
         >>> report = validate(model, test_loader, find_layers(model, "branch"), out_dir="report")
         >>> print(report)
+        >>> quarters = torch.arange(4).repeat_interleave(16).reshape(1, 64, 1, 1)
+        >>> report = validate(model, test_loader, ["layer3.2.conv2"], layer_mask=quarters)
     """
     started = time.perf_counter()
     named = resolve_layers(model, layers)
@@ -107,11 +122,15 @@ def validate(
     has_labels = first_batch(data, device)[1] is not None
     if damage is None:
         damage = LABELLED_DAMAGE if has_labels else UNLABELLED_DAMAGE
-    units = select_units(model, data, named, granularity, n_channels, seed, channel_dim, device)
+    units = select_units(
+        model, data, named, granularity, n_channels, seed, channel_dim, device, layer_mask
+    )
+    if layer_mask is not None:
+        granularity = "group"
     specs = layer_baselines(model, data, named, baseline, device, progress, max_batches)
     ablation = ablate(
         model, data, named, damage, specs, units=units, channel_dim=channel_dim,
-        device=device, progress=progress, max_batches=max_batches,
+        device=device, progress=progress, max_batches=max_batches, layer_mask=layer_mask,
     )  # fmt: skip
     seconds = {"ablation": time.perf_counter() - started}
     ctx = build_context(
@@ -129,6 +148,7 @@ def validate(
         device=device,
         progress=progress,
         max_batches=max_batches,
+        layer_mask=layer_mask,
     )
     scores: dict[str, np.ndarray] = {}
     per_example: dict[str, np.ndarray] = {}
@@ -160,6 +180,8 @@ def validate(
         "skipped": skipped,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
+    if "ground_truth" in ablation.settings:
+        info["ground_truth"] = ablation.settings["ground_truth"]
     report = build_report(
         units=[u.name for u in units],
         depth=np.asarray([u.depth for u in units], dtype=float),
