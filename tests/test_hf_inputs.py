@@ -43,7 +43,7 @@ def test_split_batch_reads_a_batch_encoding():
 
 
 def test_compute_gndi_on_a_dict_loader_equals_keyword_attribute():
-    lm = Logits(tiny_gpt2())
+    lm = Logits(tiny_gpt2()).eval()
     torch.manual_seed(1)
     batches = []
     for _ in range(2):
@@ -74,7 +74,7 @@ def test_compute_gndi_on_a_dict_loader_equals_keyword_attribute():
 
 
 def test_additional_forward_args_do_not_land_in_past_key_values_any_more():
-    lm = Logits(tiny_gpt2())
+    lm = Logits(tiny_gpt2()).eval()
     ids = torch.randint(0, 20, (2, 4))
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     with_mask = LayerGNDI(lm, lm.model.transformer.h[0]).attribute(
@@ -86,7 +86,7 @@ def test_additional_forward_args_do_not_land_in_past_key_values_any_more():
 
 
 def test_dict_batches_missing_a_key_name_the_fix():
-    lm = Logits(tiny_gpt2())
+    lm = Logits(tiny_gpt2()).eval()
     with pytest.raises(ValueError, match="needs \\['input_ids'\\]"):
         compute_gndi(
             lm,
@@ -104,7 +104,7 @@ def test_dict_batches_missing_a_key_name_the_fix():
 
 
 def test_mean_baseline_on_padded_batches_averages_real_tokens_only():
-    lm = Logits(tiny_gpt2())
+    lm = Logits(tiny_gpt2()).eval()
     layer = lm.model.transformer.h[0].mlp
     torch.manual_seed(2)
     short = {"input_ids": torch.randint(0, 20, (2, 3)), "attention_mask": torch.ones(2, 3).long()}
