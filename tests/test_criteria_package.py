@@ -48,7 +48,7 @@ def test_registry_lists_every_criterion_in_order_with_a_description():
 def test_context_is_built_from_keywords_with_defaults(setup):
     model, loader = setup
     ctx = build_context(model, loader, ["0", "2"], progress=False)
-    assert (ctx.n_steps, ctx.n_random, ctx.integration, ctx.target) == (
+    assert (ctx.n_steps, ctx.n_random, ctx.method, ctx.target) == (
         16,
         10,
         "gausslegendre",
@@ -124,3 +124,35 @@ def test_report_methods_render_through_the_render_and_export_modules(tmp_path):
     assert report.runs("gndi").shape == (1, 16)
     paths = report.save(tmp_path)
     assert {"markdown", "json", "correlations", "units", "scatter", "bars"} == set(paths)
+
+
+def test_score_criteria_integration_is_a_deprecated_spelling_of_method():
+    import pytest
+    import torch
+    from torch import nn
+
+    from captum_gndi.criteria import score_criteria
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).eval()
+    data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+    new, _ = score_criteria(
+        model,
+        data,
+        {"t": model[1]},
+        criteria=["gndi_path"],
+        n_steps=3,
+        method="riemann_middle",
+        progress=False,
+    )
+    with pytest.warns(DeprecationWarning, match="method="):
+        old, _ = score_criteria(
+            model,
+            data,
+            {"t": model[1]},
+            criteria=["gndi_path"],
+            n_steps=3,
+            integration="riemann_middle",
+            progress=False,
+        )
+    assert (new["gndi_path"] == old["gndi_path"]).all()

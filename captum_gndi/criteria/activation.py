@@ -128,11 +128,11 @@ def gndi(ctx: CriterionContext) -> CriterionResult:
 def gndi_path(ctx: CriterionContext) -> CriterionResult:
     """Path-integrated G-NDI: the Jacobian averaged over ``b + a (h - b)``, ``a`` in [0, 1].
 
-    Uses ``n_steps`` points of Captum's ``integration`` rule; converges to the exact intervention
-    effect ``|| f(x) - f(x; do(h := b)) ||_2`` as ``n_steps`` grows (for a layer unit).
+    Uses ``n_steps`` points of Captum's integration rule ``method``; converges to the exact
+    intervention effect ``|| f(x) - f(x; do(h := b)) ||_2`` as ``n_steps`` grows (for a unit).
 
     Args:
-        ctx: The context; ``ctx.n_steps`` and ``ctx.integration`` give the path points.
+        ctx: The context; ``ctx.n_steps`` and ``ctx.method`` give the path points.
 
     Returns:
         ``(scores (U,), per-example scores (N, U))``.
@@ -140,7 +140,7 @@ def gndi_path(ctx: CriterionContext) -> CriterionResult:
     Examples:
         >>> scores, _ = gndi_path(build_context(model, loader, ["0"], n_steps=32))
     """
-    alphas, weights = integration_points(ctx.n_steps, ctx.integration)
+    alphas, weights = integration_points(ctx.n_steps, ctx.method)
     return _gndi_scores(ctx, alphas, weights, f"G-NDI path ({ctx.n_steps} steps)", True)
 
 

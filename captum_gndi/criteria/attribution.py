@@ -77,7 +77,7 @@ def _captum_path(
                 inputs,
                 target=target,
                 n_steps=ctx.n_steps,
-                method=rule or ctx.integration,
+                method=rule or ctx.method,
                 internal_batch_size=inputs[0].shape[0],  # one path point per pass
             )
             attribution = first_tensor(attribution).detach()

@@ -81,7 +81,7 @@ class CriterionContext:
         target: Output of the loss- and logit-based criteria (a
             :data:`~captum_gndi.runs.DataTarget`).
         n_steps: Integration points of the path-integrated criteria.
-        integration: Captum's integration rule of those (``"gausslegendre"``, ...).
+        method: Captum's integration rule of those (``"gausslegendre"``, ...).
         seed: Seed of ``random``.
         n_random: Rows (seeds) of ``random``.
         channel_dim: Activation dimension holding channels.
@@ -102,7 +102,7 @@ class CriterionContext:
     baselines: dict[str, LayerBaseline]
     target: DataTarget
     n_steps: int
-    integration: str
+    method: str
     seed: int
     n_random: int
     channel_dim: int
@@ -289,7 +289,7 @@ def build_context(
     seed: int = 0,
     n_random: int = 10,
     n_steps: int = 16,
-    integration: str = "gausslegendre",
+    method: str = "gausslegendre",
     channel_dim: int = 1,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -312,7 +312,7 @@ def build_context(
         seed: Seed of the channel sample and of ``random``.
         n_random: Seeds of the ``random`` control.
         n_steps: Integration points of the path-integrated criteria.
-        integration: Captum integration rule of those.
+        method: Captum integration rule of those.
         channel_dim: Activation dimension holding channels.
         device: Where to run (default: the model's device).
         progress: Show progress bars.
@@ -349,7 +349,7 @@ def build_context(
     if n_steps < 1 or n_random < 1:
         raise ValueError(f"n_steps and n_random must be >= 1, got {n_steps} and {n_random}.")
     check_data_target(target)
-    integration_points(n_steps, integration)  # validates the rule's name
+    integration_points(n_steps, method)  # validates the rule's name
     return CriterionContext(
         model=model,
         data=data,
@@ -358,7 +358,7 @@ def build_context(
         baselines=layer_baselines(model, data, named, baseline, device, progress, max_batches),
         target=target,
         n_steps=n_steps,
-        integration=integration,
+        method=method,
         seed=seed,
         n_random=n_random,
         channel_dim=channel_dim,

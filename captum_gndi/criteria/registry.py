@@ -163,13 +163,14 @@ def score_criteria(
     seed: int = 0,
     n_random: int = 10,
     n_steps: int = 16,
-    integration: str = "gausslegendre",
+    method: str = "gausslegendre",
     channel_dim: int = 1,
     device: torch.device | str | None = None,
     progress: bool = True,
     max_batches: int | None = None,
     skip_undefined: bool = False,
     layer_mask: LayerMask | None = None,
+    integration: str | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Score every unit of ``layers`` with several importance criteria.
 
@@ -193,13 +194,14 @@ def score_criteria(
         n_random: Seeds of the ``random`` control (one row each).
         n_steps: Integration points of ``gndi_path``, ``layer_conductance`` and
             ``layer_integrated_gradients``.
-        integration: Captum integration rule for those (``"gausslegendre"``, ...).
+        method: Captum integration rule for those (``"gausslegendre"``, ...).
         channel_dim: Activation dimension holding channels.
         device: Where to run (default: the model's device).
         progress: Show progress bars.
         max_batches: Use at most this many batches.
         skip_undefined: Skip criteria undefined for this model (warning with the reason)
             instead of raising :class:`~captum_gndi.criteria.UndefinedCriterion`.
+        integration: Deprecated spelling of ``method``.
         layer_mask: Groups as units (Captum's ``LayerFeatureAblation`` semantics; one mask for
             every layer or a dict name -> mask, see :mod:`captum_gndi.criteria.groups`); needed
             for group units.
@@ -217,6 +219,13 @@ def score_criteria(
         >>> scores["gndi"].shape, per_example["gndi"].shape
         ((8,), (512, 8))
     """
+    if integration is not None:
+        warnings.warn(
+            "score_criteria(integration=...) is deprecated; use method=... (Captum's name).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        method = integration
     names = check_criteria(criteria)
     ctx = build_context(
         model,
@@ -230,7 +239,7 @@ def score_criteria(
         seed=seed,
         n_random=n_random,
         n_steps=n_steps,
-        integration=integration,
+        method=method,
         channel_dim=channel_dim,
         device=device,
         progress=progress,
