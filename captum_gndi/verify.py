@@ -55,7 +55,7 @@ Examples:
     >>> result = verify_top_k(model, loader, find_layers(model, "branch"), k=10)
     >>> print(result)  # the exact top 10 channels, their damage, and the cost
     >>> result.units[0], result.n_ablations, result.n_units
-    (('layer1.0.bn2', 7), 41, 336)
+    (('layer1.2.bn2', 9), 50, 336)
 """
 
 from __future__ import annotations
