@@ -13,6 +13,7 @@ Data-set baselines (``"mean"`` over a data loader) are estimated by
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Union
 
@@ -49,6 +50,8 @@ def resolve_layer_baseline(spec: LayerBaseline, activation: Tensor, label: str) 
             "compute_gndi(..., baseline='mean') or pass the mean activation as a tensor."
         )
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        if not math.isfinite(spec):
+            raise ValueError(f"Layer baseline for '{label}' is {spec}; give a finite number.")
         return torch.full_like(h, float(spec))
     if callable(spec) and not isinstance(spec, Tensor):
         value = spec(h)

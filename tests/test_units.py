@@ -255,3 +255,11 @@ def test_bad_unit_input_names_the_fix(kwargs, error, match):
     with pytest.raises(error, match=match):
         LayerGNDI(model, model[1]).attribute(torch.randn(2, 4), **kwargs)
     assert not model[1]._forward_hooks and not model[1]._forward_pre_hooks
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_number_as_layer_baseline_is_a_clear_error(value):
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).eval()
+    with pytest.raises(ValueError, match="give a finite number"):
+        LayerGNDI(model, model[1]).attribute(torch.randn(2, 4), layer_baselines=value)
+    assert not model[1]._forward_hooks
