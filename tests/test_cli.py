@@ -61,6 +61,20 @@ def test_corrupt_checkpoint_and_folder_without_cifar(tmp_path, capsys):
     assert "no CIFAR-10" in _error_line(capsys)
 
 
+@pytest.mark.parametrize("error", [TypeError("bug"), KeyError("bug"), PermissionError("bug")])
+def test_a_library_error_keeps_its_traceback(error, monkeypatch, capsys):
+    import captum_gndi.adapters
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(captum_gndi.adapters, "describe_layers", broken)
+    with pytest.raises(type(error)) as raised:
+        main(["describe", "--model", "cifar-resnet20", "--kind", "branch", "--quiet"])
+    assert raised.value is error
+    assert "error:" not in capsys.readouterr().err
+
+
 @pytest.fixture
 def digits_weights(tmp_path):
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The ``captum-gndi`` command line: validate, score, describe, demo and prune.
+"""The ``captum-gndi`` command line: validate, score, describe, demo, prune and verify.
 
 Every subcommand loads a model (:func:`load_model`) and, where it needs one, a data set
 (:func:`load_data`); problems with the user's input (a wrong path, a corrupt checkpoint, an
@@ -7,8 +7,8 @@ one line on stderr.
 
 Layout: :mod:`.loaders` (models, data, layers, count checks), :mod:`.options` (options shared
 by subcommands and the deprecated spellings), one module per subcommand (:mod:`.describe`,
-:mod:`.score`, :mod:`.validate`, :mod:`.demo`, :mod:`.prune`) and :mod:`.parser`
-(:func:`build_parser`, :func:`main`). The console script ``captum-gndi`` and
+:mod:`.score`, :mod:`.validate`, :mod:`.demo`, :mod:`.prune`, :mod:`.verify`) and
+:mod:`.parser` (:func:`build_parser`, :func:`main`). The console script ``captum-gndi`` and
 ``python -m captum_gndi`` both call :func:`main`.
 """
 

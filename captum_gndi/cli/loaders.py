@@ -3,8 +3,8 @@
 One way to load a model (:func:`load_model`), one CIFAR-10 folder lookup (:func:`cifar_root`),
 one choice of input normalisation (:func:`cifar_normalization`), one check of count options
 (:func:`check_counts`) and one way to pick layers (:func:`select_layers`). Problems with the
-user's input raise ``ValueError``, ``FileNotFoundError``, ``KeyError`` or ``ImportError``; the
-parser turns them into one line on stderr and exit status 2.
+user's input raise ``ValueError``, ``FileNotFoundError`` or ``ImportError``; the parser turns
+them into one line on stderr and exit status 2.
 """
 
 from __future__ import annotations

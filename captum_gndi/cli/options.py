@@ -21,6 +21,7 @@ __all__ = [
     "PROG",
     "DeprecatedOption",
     "GranularityOption",
+    "add_baseline_option",
     "add_criteria_option",
     "add_model_options",
     "add_scoring_options",
@@ -185,6 +186,23 @@ def add_criteria_option(
     )
 
 
+def add_baseline_option(parser: argparse.ArgumentParser | Any) -> None:
+    """``--baseline zero|mean``: the value an intervention sets a unit to (default zero).
+
+    Declared here only, for every subcommand that intervenes (``score``, ``validate``,
+    ``prune``, ``verify``).
+
+    Args:
+        parser: A subcommand's parser or one of its argument groups.
+    """
+    parser.add_argument(
+        "--baseline",
+        choices=("zero", "mean"),
+        default="zero",
+        help="value the intervention sets the unit to: zero or the data-set mean activation",
+    )
+
+
 def add_scoring_options(parser: argparse.ArgumentParser, default_criteria: str | None) -> None:
     """The scoring group of ``score`` and ``validate``.
 
@@ -197,12 +215,7 @@ def add_scoring_options(parser: argparse.ArgumentParser, default_criteria: str |
     """
     run = parser.add_argument_group("scoring")
     add_criteria_option(run, default_criteria)
-    run.add_argument(
-        "--baseline",
-        choices=("zero", "mean"),
-        default="zero",
-        help="value the intervention sets the unit to: zero or the data-set mean activation",
-    )
+    add_baseline_option(run)
     run.add_argument(
         "--granularity",
         action=GranularityOption,

@@ -1,9 +1,13 @@
 """The ``captum-gndi`` parser and :func:`main`: one subparser per subcommand module.
 
 Each subcommand module (:mod:`.describe`, :mod:`.score`, :mod:`.validate`, :mod:`.demo`,
-:mod:`.prune`) registers its parser with ``add_parser`` and stores its handler as ``func``.
-:func:`main` runs the handler and turns the user's input errors into one line on stderr and exit
-status 2.
+:mod:`.prune`, :mod:`.verify`) registers its parser with ``add_parser`` and stores its handler
+as ``func``. :func:`main` runs the handler and turns the user's input errors into one line on
+stderr and exit status 2. Input errors are the types the package raises for bad input: a
+``ValueError`` (an argument check, an unknown name, a corrupt checkpoint), a
+``FileNotFoundError`` (a missing file or folder) and an ``ImportError`` (an optional dependency
+that is not installed). Anything else (``TypeError``, ``KeyError``, other ``OSError``s, ...) is a
+bug or an environment problem and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from collections.abc import Sequence
 from . import demo, describe, prune, score, validate, verify
 from .options import PROG
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+__all__ = ["SUBCOMMANDS", "USER_ERRORS", "build_parser", "main"]
 
 SUBCOMMANDS = (validate, score, describe, demo, prune, verify)
 """The subcommand modules, in the order ``--help`` lists them."""
 
-_USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+"""The exception types :func:`main` reports as one line and exit status 2."""
 
 _EPILOG = """examples:
   captum-gndi describe --model cifar-resnet56 --kind branch
@@ -59,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(error: BaseException) -> str:
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    return " ".join(str(text).split()) or type(error).__name__
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 2 for a usage or input error (one line on stderr).
 
+    Raises:
+        Exception: Any error that is not one of :data:`USER_ERRORS`, with its traceback.
+
     Examples:
         >>> main(["describe", "--model", "cifar-resnet20", "--kind", "branch"])
         0
@@ -79,6 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _USER_ERRORS as error:
+    except USER_ERRORS as error:
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return 2

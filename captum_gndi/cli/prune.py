@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .loaders import LoadedModel, check_counts, cifar_root, load_model, split_names
-from .options import add_criteria_option, known_criteria
+from .options import add_baseline_option, add_criteria_option, known_criteria
 
 __all__ = ["add_parser", "run"]
 
@@ -106,9 +106,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         default="none",
         help="per-layer score normalisation before global ranking (default none)",
     )
-    parser.add_argument(
-        "--baseline", choices=("zero", "mean"), default="zero", help="G-NDI layer baseline"
-    )
+    add_baseline_option(parser)
     parser.add_argument(
         "--n-steps", type=int, default=8, help="integration points of gndi_path (default 8)"
     )
