@@ -12,7 +12,9 @@ The workflow::
 
 :func:`sparsity_curve` measures accuracy against sparsity for several criteria (optionally
 after a short fine-tune), and :func:`prune_physically` (needs ``torch-pruning``) returns a
-physically smaller model with the same channels removed.
+physically smaller model with the same channels removed. :class:`GNDIImportance` plugs G-NDI
+into Torch-Pruning's own pruners (``tp.pruner.MetaPruner(model, example, GNDIImportance(loader),
+iterative_steps=k)``), recomputed on the pruned model at every step.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .scores import CRITERIA, channel_importance
 __all__ = [
     "CRITERIA",
     "DEFAULT_SPARSITIES",
+    "GNDIImportance",
     "NORMALIZATIONS",
     "PRUNABLE_TYPES",
     "SCOPES",
@@ -60,7 +63,8 @@ __all__ = [
     "undo_pruning",
 ]
 
-_PHYSICAL = ("ScoreImportance", "prune_physically", "TP_IMPORTANCES")
+_PHYSICAL = ("prune_physically", "TP_IMPORTANCES")
+_IMPORTANCE = ("GNDIImportance", "ScoreImportance")
 
 
 def __getattr__(name: str) -> Any:
@@ -69,4 +73,8 @@ def __getattr__(name: str) -> Any:
         from . import physical
 
         return getattr(physical, name)
+    if name in _IMPORTANCE:
+        from . import importance
+
+        return getattr(importance, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,6 +33,7 @@ __all__ = [
     "PrunableLayer",
     "Role",
     "as_inputs",
+    "channel_dim",
     "find_prunable",
     "layer_modules",
 ]
@@ -58,6 +59,9 @@ class PrunableLayer:
         role: ``"internal"``, ``"block_output"`` (output added to a residual shortcut),
             ``"stem"`` (first conv/linear executed) or ``"classifier"`` (last one executed).
         position: Execution order among the model's conv/linear layers.
+        channel_dim: The activation dimension that holds the output channels (1 for a conv,
+            the last one for a linear layer: ``(N, T, D)`` tokens, ``(N, H, W, C)``
+            channels-last maps); see :func:`channel_dim`.
     """
 
     name: str
@@ -65,12 +69,58 @@ class PrunableLayer:
     norm_name: str | None
     role: Role
     position: int
+    channel_dim: int = 1
 
     @property
     def output_name(self) -> str:
         """The module whose output channel the mask sets to zero (and where scores are measured):
         the BatchNorm if there is one, else the conv/linear itself."""
         return self.norm_name or self.name
+
+
+def channel_dim(module: nn.Module, shape: Sequence[int]) -> int:
+    """The dimension of ``module``'s output activation (of ``shape``) that holds its channels.
+
+    The layer's type decides: a convolution, BatchNorm, GroupNorm or InstanceNorm puts them in
+    dimension 1 (``(N, C, ...)``); a linear layer in the last dimension whatever the rank
+    (``(N, D)``, ``(N, T, D)``, channels-last ``(N, H, W, C)``); a LayerNorm in the last one
+    unless its normalised size is not last (a ``LayerNorm2d`` on ``(N, C, H, W)``).
+
+    Args:
+        module: A conv, linear or normalisation module.
+        shape: The shape of its output activation (dimension 0 indexes examples).
+
+    Returns:
+        A non-negative dimension index.
+
+    Raises:
+        ValueError: For another module type, or an activation without that dimension.
+
+    Examples:
+        >>> channel_dim(nn.Linear(8, 4), (2, 7, 7, 4))
+        3
+    """
+    rank = len(shape)
+    if isinstance(module, nn.Linear):
+        dim = rank - 1
+    elif isinstance(module, nn.LayerNorm):
+        dim = rank - 1 if shape[-1] == module.normalized_shape[-1] else 1
+    elif isinstance(
+        module,
+        (nn.modules.conv._ConvNd, _BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm),
+    ):
+        dim = 1
+    else:
+        raise ValueError(
+            f"{type(module).__name__} is not a conv, linear or normalisation layer; its "
+            "channel dimension is unknown."
+        )
+    if rank < 2:
+        raise ValueError(
+            f"The output of {type(module).__name__} has shape {tuple(shape)}: no channel "
+            "dimension besides the batch."
+        )
+    return dim
 
 
 def layer_modules(model: nn.Module, layer: PrunableLayer) -> tuple[nn.Module, _BatchNorm | None]:
@@ -195,8 +245,11 @@ def find_prunable(
     norm_inputs: dict[int, Tensor] = {}
     nodes: dict[tuple[str, int], Any] = {}  # autograd nodes, read before any in-place op
 
+    shapes: dict[int, torch.Size] = {}
+
     def on_layer(position: int, h: Tensor) -> None:
         order.append(position)
+        shapes[position] = h.shape
         outputs[position] = h
         nodes["layer", position] = h.grad_fn
 
@@ -265,6 +318,7 @@ def find_prunable(
                 norm_name=norms[norm][0] if norm is not None else None,
                 role=role,
                 position=rank,
+                channel_dim=channel_dim(module, shapes[position]),
             )
         )
     return found

@@ -13,7 +13,6 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,49 +25,14 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from ..runs import iterate_batches
+from .importance import ScoreImportance
 from .layers import PRUNABLE_TYPES, PrunableLayer, as_inputs
 from .ranking import check_sparsity
 
-__all__ = ["TP_IMPORTANCES", "ScoreImportance", "prune_physically"]
+__all__ = ["TP_IMPORTANCES", "prune_physically"]
 
 TP_IMPORTANCES = ("tp-magnitude", "tp-taylor")
 """Torch-Pruning's own importances accepted by :func:`prune_physically` by name."""
-
-_OUT_CHANNEL_FNS = (
-    tp.pruner.function.prune_conv_out_channels,
-    tp.pruner.function.prune_linear_out_channels,
-)
-
-
-class ScoreImportance(tp.importance.Importance):
-    """A Torch-Pruning importance that reads precomputed per-channel scores (e.g. G-NDI).
-
-    A group's importance is the sum of the scores of the conv/linear output channels it holds;
-    groups without a scored layer return ``None`` (Torch-Pruning skips them).
-
-    Args:
-        scores: Module -> ``(C,)`` scores of its output channels.
-
-    Examples:
-        >>> importance = ScoreImportance({model.layer1[0].conv1: gndi_scores})
-        >>> tp.pruner.MetaPruner(model, example, importance, pruning_ratio=0.5).step()
-    """
-
-    def __init__(self, scores: Mapping[nn.Module, Tensor]) -> None:
-        self.scores = {id(m): s.detach().to(torch.float64).cpu() for m, s in scores.items()}
-
-    @torch.no_grad()
-    def __call__(self, group: Any) -> Tensor | None:
-        total: Tensor | None = None
-        for i, (dep, idxs) in enumerate(group):
-            scores = self.scores.get(id(dep.layer))
-            if scores is None or dep.pruning_fn not in _OUT_CHANNEL_FNS:
-                continue
-            root_idxs = torch.tensor(group[i].root_idxs)
-            part = torch.zeros(len(group[0].idxs), dtype=torch.float64)
-            part.scatter_add_(0, root_idxs, scores[torch.tensor(idxs)])
-            total = part if total is None else total + part
-        return total
 
 
 def _accumulate_gradients(model: nn.Module, data: Iterable[Any], max_batches: int) -> None:

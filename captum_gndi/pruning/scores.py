@@ -5,7 +5,9 @@ when a BatchNorm follows the conv/linear, the layer's own output otherwise), so 
 G-NDI is exactly the first-order estimate of the output change the mask causes. G-NDI comes from
 :func:`captum_gndi.compute_gndi` (``granularity="channel"``); the other criteria (magnitude,
 Taylor, SNIP, HRank, random, ...) from :func:`captum_gndi.validation.criteria.channel_scores`,
-whose docstrings define each per-channel reduction.
+whose docstrings define each per-channel reduction. Each layer's channels are read along its
+:attr:`~captum_gndi.pruning.PrunableLayer.channel_dim` (dimension 1 for a conv, the last one
+for a linear layer, also on ``(N, T, D)`` or channels-last activations).
 """
 
 from __future__ import annotations
@@ -75,7 +77,49 @@ def channel_importance(
     """
     if not layers:
         raise ValueError("layers is empty; find_prunable(model, example_inputs) lists them.")
-    points = {layer.name: model.get_submodule(layer.output_name) for layer in layers}
+    if criterion not in ("gndi", "gndi_path") and criterion not in available_methods():
+        raise ValueError(
+            f"Unknown criterion {criterion!r}; choose from {list(available_methods())}."
+        )
+    scores: dict[str, Tensor] = {}
+    for dim in sorted({layer.channel_dim for layer in layers}):
+        points = {
+            layer.name: model.get_submodule(layer.output_name)
+            for layer in layers
+            if layer.channel_dim == dim
+        }
+        scores.update(
+            _scores(
+                model,
+                data,
+                points,
+                criterion,
+                dim,
+                baseline,
+                n_steps,
+                seed,
+                device,
+                progress,
+                max_batches,
+            )
+        )
+    return {layer.name: scores[layer.name] for layer in layers}
+
+
+def _scores(
+    model: nn.Module,
+    data: Iterable[Any],
+    points: dict[str, nn.Module],
+    criterion: str,
+    dim: int,
+    baseline: Literal["zero", "mean"] | float,
+    n_steps: int,
+    seed: int,
+    device: torch.device | str | None,
+    progress: bool,
+    max_batches: int | None,
+) -> dict[str, Tensor]:
+    """One criterion's channel scores of layers that share a channel dimension."""
     if criterion in ("gndi", "gndi_path"):
         result = compute_gndi(
             model,
@@ -83,16 +127,13 @@ def channel_importance(
             points,
             baseline=baseline,
             granularity="channel",
+            channel_dim=dim,
             n_steps=1 if criterion == "gndi" else n_steps,
             device=device,
             progress=progress,
             max_batches=max_batches,
         )
         return {name: result.mean[name].to(torch.float64).cpu() for name in points}
-    if criterion not in available_methods():
-        raise ValueError(
-            f"Unknown criterion {criterion!r}; choose from {list(available_methods())}."
-        )
     scores = channel_scores(
         criterion,
         model,
@@ -102,6 +143,7 @@ def channel_importance(
         target="label",
         seed=seed,
         n_steps=n_steps,
+        channel_dim=dim,
         device=device,
         progress=progress,
         max_batches=max_batches,
