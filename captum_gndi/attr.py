@@ -13,7 +13,6 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from ._captum_compat import TargetType, as_forward_args, as_input_tuple, integration_points
-from .adapters.transformers import exclude_padding
 from .baselines import LayerBaseline, per_layer
 from .engine import (
     Granularity,
@@ -25,6 +24,7 @@ from .engine import (
     true_effects,
 )
 from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
+from .padding import exclude_padding
 from .readouts import make_readout
 from .runs import check_inputs, make_runner, warn_if_training
 from .units import ChannelDim

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
+from .layer_names import get_layer
 from .model_calls import (
     KeywordInputs,
     Runner,
@@ -139,8 +140,6 @@ def resolve_layers(model: nn.Module, layers: Layers) -> dict[str, LayerSpec]:
         resolved = {}
         for item in layers:
             if isinstance(item, str):
-                from .adapters import get_layer
-
                 resolved[item] = get_layer(model, item)
             else:
                 resolved[layer_label(item, model)] = item
@@ -161,9 +160,18 @@ def baseline_label(baseline: Any) -> Any:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    parameter = next(unwrap_model(model).parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+    """Where the model's inputs go: the execution device of a model dispatched by accelerate
+    (``device_map``; its hooks move activations between the layers' devices), else the device
+    of its first parameter that is not on the meta device (offloaded weights sit there), else
+    the CPU."""
+    model = unwrap_model(model)
+    execution_device = getattr(getattr(model, "_hf_hook", None), "execution_device", None)
+    if execution_device is not None:
+        return torch.device(execution_device)
+    for parameter in model.parameters():
+        if parameter.device.type != "meta":
+            return parameter.device
+    return torch.device("cpu")
 
 
 def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -233,10 +241,28 @@ def split_batch(batch: Any) -> tuple[tuple[Tensor, ...], Tensor | None]:
         labels = labels if isinstance(labels, Tensor) else None
         return KeywordInputs(list(items), items.values()), labels
     if isinstance(batch, (list, tuple)) and batch:
+        _check_not_patching(batch)
         inputs, labels = batch[0], (batch[1] if len(batch) > 1 else None)
         inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
         return inputs, labels if isinstance(labels, Tensor) else None
     raise TypeError(f"Cannot read a batch of type {type(batch).__name__}; yield tensors.")
+
+
+def _check_not_patching(batch: Sequence[Any]) -> None:
+    """Patching batches (clean, corrupted, answers) are not ``(inputs, labels)``: say so."""
+    if len(batch) != 3 or not all(
+        isinstance(t, Tensor) and not t.is_floating_point() for t in batch
+    ):
+        return
+    clean, corrupted, answers = batch
+    if clean.dim() == 2 and corrupted.shape == clean.shape and answers.shape == (len(clean), 2):
+        raise TypeError(
+            "This batch looks like a patching batch (clean ids, corrupted ids, answers), which "
+            "would be read as (inputs, labels) here. Pass a captum_gndi.tasks.PatchingTask or "
+            "its .loader(batch_size) (batches of PatchingBatch) to compute_gndi, verify_top_k "
+            "or validate; ordinary batches are a tensor, (inputs, labels) or ((inputs...), "
+            "labels)."
+        )
 
 
 def is_distributed() -> bool:
@@ -379,7 +405,7 @@ class RunningMoments:
 
     def add(self, name: str, values: Tensor) -> None:
         """Fold ``values`` (examples first, any trailing shape) into the sums of ``name``."""
-        values = values.to(torch.float64)
+        values = values.to(device=self.device, dtype=torch.float64)  # effects of any layer's device
         if self._sums[name] is None:
             self._sums[name] = torch.zeros_like(values[0])
             self._squares[name] = torch.zeros_like(values[0])

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from ._captum_compat import integration_points
-from .adapters.transformers import exclude_padding
 from .baselines import LayerBaseline
 from .engine import (
     Granularity,
@@ -29,6 +28,7 @@ from .engine import (
     capture_activations,
     compute_effects,
 )
+from .padding import exclude_padding
 from .readouts import make_readout
 from .runs import (
     DataTarget,

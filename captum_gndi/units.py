@@ -15,12 +15,16 @@ intervening on that group alone:
 Both engines use the same :class:`UnitIndex`: reverse mode sums per-element contributions
 ``dy/dh * (h - b)`` into groups (:meth:`UnitIndex.reduce`), forward mode pushes one tangent per
 group (:meth:`UnitIndex.indicator`, :meth:`UnitIndex.expand`).
+
+A ``layer_mask`` is resolved to one mask per layer by the one resolver :func:`layer_masks`, and
+checked here (:func:`check_layer_mask` against one batch's activation; :func:`group_count`,
+:func:`batch_mask` and :func:`check_mask_rows` for a data-set mask with one row per example).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -31,9 +35,16 @@ __all__ = [
     "ChannelDim",
     "GRANULARITIES",
     "Granularity",
+    "LayerMask",
     "UnitIndex",
+    "batch_mask",
     "channel_dims",
     "check_layer_mask",
+    "check_mask_rows",
+    "full_dims",
+    "group_count",
+    "layer_masks",
+    "resolve_layer_masks",
     "unit_index",
 ]
 
@@ -212,3 +223,167 @@ def unit_index(
         mask = mask + torch.arange(size, device=device).reshape(view_d) * stride
         stride *= size
     return UnitIndex("channel", mask, math.prod(sizes), sizes)
+
+
+LayerMask = Union[Tensor, Mapping[str, Tensor], Sequence[Tensor]]
+"""One integer mask for every layer, a dict layer name -> mask, or one mask per layer."""
+
+
+def layer_masks(layer_mask: LayerMask | None, names: Sequence[str]) -> list[Tensor] | None:
+    """The one ``layer_mask`` resolver: one mask per layer, in the order of ``names``.
+
+    Every entry point that takes ``layer_mask`` (:meth:`captum_gndi.LayerGNDI.attribute`,
+    :func:`captum_gndi.compute_gndi`, :func:`captum_gndi.verify_top_k`, the validation harness,
+    the criteria) resolves it here, so they accept the same forms.
+
+    Args:
+        layer_mask: One integer tensor for every layer, a dict name -> tensor (entries for
+            other layers are ignored), or a list / tuple with one tensor per layer.
+        names: The layers' names (duplicates allowed).
+
+    Returns:
+        One mask per name, or ``None`` when no mask is given.
+
+    Raises:
+        TypeError: For something that is neither a tensor, a mapping nor a list of tensors.
+        ValueError: For a dict without an entry for one of the layers, or a list whose length
+            is not the number of layers.
+
+    Examples:
+        >>> len(layer_masks(torch.zeros(1, 4, dtype=torch.long), ["0", "2"]))
+        2
+    """
+    if layer_mask is None:
+        return None
+    if isinstance(layer_mask, Tensor):
+        return [layer_mask] * len(names)
+    if isinstance(layer_mask, Mapping):
+        missing = [n for n in names if n not in layer_mask]
+        if missing:
+            raise ValueError(f"layer_mask dict has no entry for layers {missing}.")
+        return [layer_mask[n] for n in names]
+    if isinstance(layer_mask, (list, tuple)) and all(isinstance(m, Tensor) for m in layer_mask):
+        if len(layer_mask) != len(names):
+            raise ValueError(
+                f"Got {len(layer_mask)} layer masks for {len(names)} layers; give one mask "
+                "per layer, or one tensor for all."
+            )
+        return list(layer_mask)
+    raise TypeError(
+        "layer_mask must be an integer tensor (one mask for every layer), a dict layer name -> "
+        f"tensor or a list with one tensor per layer, got {type(layer_mask).__name__}."
+    )
+
+
+def resolve_layer_masks(
+    layer_mask: LayerMask | None, names: Sequence[str]
+) -> dict[str, Tensor] | None:
+    """:func:`layer_masks` as a dict name -> mask (``None`` when no mask is given).
+
+    Examples:
+        >>> resolve_layer_masks(torch.zeros(1, 4, dtype=torch.long), ["0", "2"]).keys()
+        dict_keys(['0', '2'])
+    """
+    masks = layer_masks(layer_mask, names)
+    return None if masks is None else dict(zip(names, masks))
+
+
+def full_dims(mask: Tensor, ndim: int) -> Tensor:
+    """``mask`` with leading singleton dimensions up to ``ndim`` (a shared mask gets batch 1).
+
+    Args:
+        mask: A layer mask.
+        ndim: The activation's number of dimensions (examples first).
+
+    Returns:
+        The same mask, viewed with ``ndim`` dimensions when it had fewer.
+
+    Examples:
+        >>> full_dims(torch.zeros(4, 1, 1, dtype=torch.long), 4).shape
+        torch.Size([1, 4, 1, 1])
+    """
+    if isinstance(mask, Tensor) and mask.dim() < ndim:
+        return mask.reshape((1,) * (ndim - mask.dim()) + tuple(mask.shape))
+    return mask
+
+
+def group_count(mask: Tensor, shape: Sequence[int], label: str) -> int:
+    """Check a data-set ``layer_mask`` against an activation of ``shape``; return G.
+
+    The mask's batch dimension may be 1 or any number of rows (one per example of the data
+    set; :func:`batch_mask` checks the row count against the data). Everything else is the
+    engine's check (:func:`captum_gndi.units.check_layer_mask`): an integer tensor that
+    broadcasts to the activation, with every group id ``0..G-1`` used.
+
+    Args:
+        mask: The mask.
+        shape: The activation's shape on one batch ``(n, *shape)``.
+        label: The layer's name, for errors.
+
+    Returns:
+        The number of groups G.
+
+    Examples:
+        >>> group_count(torch.tensor([[0, 0, 1]]), (8, 3), "fc")
+        2
+    """
+    full = full_dims(mask, len(shape))
+    rows = full.shape[0] if isinstance(full, Tensor) and full.dim() == len(shape) else 1
+    if rows == 1:  # shared: checked against the batch's activation itself
+        return check_layer_mask(full, tuple(shape), label)
+    return check_layer_mask(full, (rows, *tuple(shape)[1:]), label)
+
+
+def batch_mask(mask: Tensor, offset: int, n: int, label: str) -> Tensor:
+    """The rows of a data-set mask for the batch of examples ``offset .. offset + n - 1``.
+
+    Args:
+        mask: A checked data-set mask (see :func:`group_count`).
+        offset: Index of the batch's first example in the data set.
+        n: The batch size.
+        label: The layer's name, for errors.
+
+    Returns:
+        The mask itself when it is shared (batch dimension 1, or fewer dimensions than the
+        activation), else its rows ``offset : offset + n``.
+
+    Raises:
+        ValueError: When the data has more examples than the mask has rows.
+
+    Examples:
+        >>> batch_mask(torch.arange(6).reshape(3, 2), 1, 2, "fc").tolist()
+        [[2, 3], [4, 5]]
+    """
+    if mask.dim() == 0 or mask.shape[0] == 1:
+        return mask
+    rows = mask.shape[0]
+    if offset + n > rows:
+        raise ValueError(
+            f"layer_mask for '{label}' has {rows} rows (one per example), but the data has more "
+            f"examples (a batch covers examples {offset}..{offset + n - 1}); give a mask with "
+            "batch dimension 1 (the same groups for every example) or one row per example of "
+            "the data, in the order it is read (with max_batches: of the batches used)."
+        )
+    return mask[offset : offset + n]
+
+
+def check_mask_rows(masks: Mapping[str, Tensor] | None, n_examples: int) -> None:
+    """Raise when a per-example mask's row count is not the data's number of examples.
+
+    Args:
+        masks: Layer name -> data-set mask, with as many dimensions as the activation
+            (:func:`full_dims`).
+        n_examples: Examples read from the data.
+
+    Raises:
+        ValueError: For a per-example mask whose row count is not ``n_examples``.
+
+    Examples:
+        >>> check_mask_rows({"fc": torch.zeros(1, 3, dtype=torch.long)}, 10)  # shared: passes
+    """
+    for name, mask in (masks or {}).items():
+        if mask.shape[0] > 1 and mask.shape[0] != n_examples:
+            raise ValueError(
+                f"layer_mask for '{name}' has {mask.shape[0]} rows (one per example), but the "
+                f"data has {n_examples} examples; give one row per example, or batch dimension 1."
+            )

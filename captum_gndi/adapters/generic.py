@@ -1,23 +1,23 @@
-"""Pieces shared by all adapters: layer kinds, intervention points, the generic walk, names.
+"""Pieces shared by all adapters: layer kinds, intervention points and the generic walk.
 
 An adapter turns a model into an ordered list of :class:`Point` objects: a name, the module (or
 :class:`~captum_gndi.LayerCall`) to intervene on, and a plain-words meaning of zeroing it. This
 module holds what every adapter needs and the *generic walk* used for architectures no adapter
 knows: leaf convolutions and linear layers, plus residual blocks recognised by a ``downsample``
-or ``shortcut`` attribute.
+or ``shortcut`` attribute. :func:`get_layer` and :class:`LayerNotFoundError` live in the core
+(:mod:`captum_gndi.layer_names`) and are re-exported here.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from torch import nn
 
-from ..interventions import LayerCall, LayerSpec
+from ..interventions import LayerSpec
+from ..layer_names import LayerNotFoundError, get_layer
 
 __all__ = [
     "GRANULARITIES",
@@ -54,13 +54,6 @@ class UnsupportedKind(ValueError):
 
 UnsupportedGranularity = UnsupportedKind
 """Deprecated name of :class:`UnsupportedKind`."""
-
-
-class LayerNotFoundError(KeyError, ValueError):
-    """A dotted layer name that the model does not contain (a ``KeyError`` and a ``ValueError``)."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -290,65 +283,4 @@ def generic_points(
     raise UnsupportedKind(
         f"the generic walk cannot tell {kind!r} points from the module tree; register "
         "an adapter for this model class with captum_gndi.register_adapter"
-    )
-
-
-def _heads_named(model: nn.Module, canonical: str) -> LayerSpec | None:
-    from .registry import find_layers  # registry imports this module
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return find_layers(model, "head").get(canonical)
-    except ValueError:
-        return None
-
-
-_CALL_SUFFIX = re.compile(r"^(?P<name>.*)\[call (?P<k>\d+)\]$")
-
-
-def get_layer(model: nn.Module, name: str) -> LayerSpec:
-    """Resolve a dotted layer name to the module (or :class:`~captum_gndi.LayerCall`).
-
-    Names are those of ``model.named_modules()``; list indices may be written either way
-    (``"layer3.1.bn2"`` or ``"layer3[1].bn2"``), and a ``"[call k]"`` suffix, as in the names
-    :func:`~captum_gndi.find_layers` gives for shared modules, returns ``LayerCall(module, k)``.
-    A name ending in ``".heads"`` (``"transformer.h.0.attn.heads"``) returns that
-    :class:`~captum_gndi.Heads` point of ``find_layers(model, "head")``.
-
-    Args:
-        model: The model.
-        name: The dotted name.
-
-    Returns:
-        The submodule, or a ``LayerCall`` for a name ending in ``"[call k]"``.
-
-    Raises:
-        LayerNotFoundError: (a ``KeyError`` and ``ValueError``) if there is no such module;
-            the message lists the closest names.
-
-    Examples:
-        >>> bn = get_layer(resnet, "layer3.1.bn2")
-        >>> call = get_layer(albert, "encoder.albert_layer_groups.0.albert_layers.0[call 2]")
-        >>> heads = get_layer(gpt2, "h.0.attn.heads")  # Heads(h.0.attn.c_proj, 12)
-    """
-    call = _CALL_SUFFIX.match(name.strip())
-    path = call.group("name") if call else name.strip()
-    path = re.sub(r"\[(\d+)\]", r".\1", path).strip(".")
-    modules = dict(model.named_modules())
-    if path in modules:
-        module = modules[path]
-        return LayerCall(module, int(call.group("k")), name=path) if call else module
-    if path.endswith(".heads"):  # a Heads point of find_layers(model, "head")
-        heads = _heads_named(model, path + (f"[call {call.group('k')}]" if call else ""))
-        if heads is not None:
-            return heads
-    what = "is a parameter, not a module" if path in dict(model.named_parameters()) else ""
-    close = difflib.get_close_matches(path, [n for n in modules if n], n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise LayerNotFoundError(
-        f"{type(model).__name__} "
-        + (f"{name!r} {what}." if what else f"has no layer {name!r}.")
-        + f"{hint} model.named_modules() lists all names; captum_gndi.describe_layers lists "
-        "good intervention points."
     )

@@ -3,7 +3,9 @@
 Adapters are tried in order: the ones registered with :func:`register_adapter` (the latest
 first), then the built-in Hugging Face and torchvision adapters. A model that none of them
 recognises gets the generic walk (leaf convolutions and linear layers, residual blocks marked by
-a ``downsample``/``shortcut`` attribute) and a ``UserWarning`` saying so.
+a ``downsample``/``shortcut`` attribute) and a ``UserWarning`` saying so. The ``".heads"``
+names of head points are taught to :func:`captum_gndi.get_layer` here
+(:func:`head_point_named`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Union
 from torch import nn
 
 from ..interventions import Heads, LayerCall, LayerSpec
+from ..layer_names import register_point_names
 from .generic import (
     KINDS,
     Point,
@@ -28,7 +31,14 @@ from .torchvision import is_torchvision_model, torchvision_points
 from .transformer_lens import is_transformer_lens_model, transformer_lens_points
 from .transformers import is_transformers_model, transformers_points
 
-__all__ = ["Adapter", "find_layers", "find_points", "register_adapter", "unregister_adapter"]
+__all__ = [
+    "Adapter",
+    "find_layers",
+    "find_points",
+    "head_point_named",
+    "register_adapter",
+    "unregister_adapter",
+]
 
 FindResult = Union[Mapping[str, LayerSpec], Sequence[Point], None]
 FindFn = Callable[[nn.Module, str], FindResult]
@@ -285,3 +295,33 @@ def find_layers(
     """
     kind = kind_argument(kind, granularity, "find_layers")
     return {point.name: point.layer for point in find_points(model, kind)}
+
+
+@register_point_names
+def head_point_named(model: nn.Module, path: str, call: int | None) -> LayerSpec | None:
+    """The :class:`~captum_gndi.Heads` point of ``find_layers(model, "head")`` named ``path``.
+
+    Registered with :func:`captum_gndi.layer_names.register_point_names`, so that
+    :func:`~captum_gndi.get_layer` resolves ``".heads"`` names (``call``: the ``k`` of a
+    ``"[call k]"`` suffix).
+
+    Args:
+        model: The model.
+        path: The dotted name without its ``"[call k]"`` suffix.
+        call: The ``k`` of that suffix, or ``None``.
+
+    Returns:
+        The point, or ``None`` when ``path`` names none.
+
+    Examples:
+        >>> head_point_named(gpt2, "h.0.attn.heads", None)  # Heads(h.0.attn.c_proj, 12)
+    """
+    if not path.endswith(".heads"):
+        return None
+    name = path + (f"[call {call}]" if call is not None else "")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return find_layers(model, "head").get(name)
+    except ValueError:
+        return None

@@ -60,9 +60,60 @@ from .generic import (
     leaf_points,
 )
 
-__all__ = ["expose_heads", "is_torchvision_model", "torchvision_points"]
+__all__ = [
+    "expose_heads",
+    "is_torchvision_model",
+    "register_plain_model",
+    "register_residual_block",
+    "torchvision_points",
+]
 
-_PLAIN_FAMILIES = ("VGG", "AlexNet", "CaptumCifarNet")
+_PLAIN_FAMILIES = ("VGG", "AlexNet")
+
+_RESIDUAL_BLOCKS: dict[type[nn.Module], tuple[str, tuple[str, ...]]] = {}
+"""Residual block classes registered by other packages: class -> (branch, shortcut names)."""
+
+_PLAIN_MODELS: list[type[nn.Module]] = []
+"""Plain stacks (no blocks) registered by other packages, handled like VGG and AlexNet."""
+
+
+def register_residual_block(
+    block: type[nn.Module], branch: str, shortcuts: tuple[str, ...] = ("downsample",)
+) -> None:
+    """Handle a torchvision-style residual block class like torchvision's ``BasicBlock``.
+
+    A model holding such a block is handled by this adapter: ``"block"`` gives the block,
+    ``"branch"`` the output of its child ``branch`` (the module whose output is added to the
+    shortcut). The project's zoo registers its CIFAR ResNet blocks this way, so this adapter
+    knows nothing of the zoo.
+
+    Args:
+        block: The block's class (subclasses count too).
+        branch: Relative name of the branch output, e.g. ``"bn2"``.
+        shortcuts: Child names that may hold a projection shortcut (an ``nn.Identity`` or a
+            missing child is no projection).
+
+    Examples:
+        >>> register_residual_block(MyBlock, "bn2", ("shortcut",))
+    """
+    _RESIDUAL_BLOCKS[block] = (branch, tuple(shortcuts))
+
+
+def register_plain_model(model: type[nn.Module]) -> None:
+    """Handle a plain stack of convolutions and linear layers like VGG and AlexNet.
+
+    Args:
+        model: The model's class.
+
+    Examples:
+        >>> register_plain_model(CaptumCifarNet)
+    """
+    if model not in _PLAIN_MODELS:
+        _PLAIN_MODELS.append(model)
+
+
+def _is_plain(module: nn.Module) -> bool:
+    return type(module).__name__ in _PLAIN_FAMILIES or isinstance(module, tuple(_PLAIN_MODELS))
 
 
 @dataclass(frozen=True)
@@ -77,13 +128,14 @@ class _Block:
     heads: str | None = None  # relative name of the output projection whose input holds heads
 
 
-_MODULE_PREFIXES = ("torchvision.models.", "captum_gndi.zoo.")
-
-
 def is_torchvision_model(model: nn.Module) -> bool:
-    """Whether ``model`` contains a module of ``torchvision.models`` or of the project's zoo
-    (whose CIFAR/digits ResNets use torchvision-style residual blocks)."""
-    return any(type(m).__module__.startswith(_MODULE_PREFIXES) for m in model.modules())
+    """Whether ``model`` contains a module of ``torchvision.models``, or a block or model class
+    registered with :func:`register_residual_block` / :func:`register_plain_model`."""
+    registered = (*_RESIDUAL_BLOCKS, *_PLAIN_MODELS)
+    return any(
+        type(m).__module__.startswith("torchvision.models.") or isinstance(m, registered)
+        for m in model.modules()
+    )
 
 
 def _shortcuts(module: nn.Module, *names: str) -> tuple[str, ...]:
@@ -96,11 +148,9 @@ def _shortcuts(module: nn.Module, *names: str) -> tuple[str, ...]:
 
 
 def _classify(name: str, module: nn.Module) -> _Block | None:
-    from ..zoo.cifar_resnet import BasicBlock as ZooBasicBlock
-    from ..zoo.resnet18_cifar import TorchvisionBasicBlock
-
-    if isinstance(module, (ZooBasicBlock, TorchvisionBasicBlock)):
-        return _Block(name, module, "residual", "bn2", _shortcuts(module, "shortcut", "downsample"))
+    for block, (branch, shortcuts) in _RESIDUAL_BLOCKS.items():
+        if isinstance(module, block):
+            return _Block(name, module, "residual", branch, _shortcuts(module, *shortcuts))
     if not type(module).__module__.startswith("torchvision."):
         return None
     from torchvision.models import (
@@ -268,7 +318,7 @@ def torchvision_points(
     kind = kind_argument(kind, granularity, "torchvision_points")
     blocks = _blocks(model)
     family = type(model).__name__
-    if not blocks and not any(type(m).__name__ in _PLAIN_FAMILIES for m in model.modules()):
+    if not blocks and not any(_is_plain(m) for m in model.modules()):
         return None
     residual = [b for b in blocks if b.branch is not None]
     transformers = [b for b in blocks if b.kind == "transformer"]

@@ -29,23 +29,25 @@ one per call, named ``"<module path>[call k]"``.
 attention output projection of the table (the concatenated head outputs), seen as ``(N, T, H,
 d_head)`` with ``H`` read from the attention module (``num_attention_heads``, ``num_heads``,
 ``n_heads``, ``n_head``) or from its config. Setting head ``h`` there to its baseline changes that
-head's output and nothing else. :func:`exclude_padding` keeps padded token positions out of the
-intervention (``LayerGNDI.attribute`` applies it when ``forward_kwargs`` holds an
+head's output and nothing else.
+
+This module finds the points. The other Hugging Face concepts live one per module and are
+re-exported here under their old names: the output wrappers (:mod:`.hf_outputs`:
+:func:`sentence_embedding`, :func:`model_logits`), the attention-backend switch
+(:mod:`.hf_attention`: :func:`eager_attention`) and padding exclusion, which the core applies
+(:mod:`captum_gndi.padding`: :func:`exclude_padding` keeps padded token positions out of the
+intervention; ``LayerGNDI.attribute`` applies it when ``forward_kwargs`` holds an
 ``attention_mask``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..baselines import LayerBaseline, resolve_layer_baseline
-from ..interventions import Heads, LayerCall, LayerSpec
+from ..interventions import Heads, LayerCall
+from ..padding import PaddingExcluded, exclude_padding
 from .generic import (
     KILLS_DOWNSTREAM,
     Point,
@@ -54,6 +56,8 @@ from .generic import (
     kind_argument,
     leaf_points,
 )
+from .hf_attention import eager_attention
+from .hf_outputs import ModelLogits, SentenceEmbedding, model_logits, sentence_embedding
 
 __all__ = [
     "HEAD_COUNT_ATTRIBUTES",
@@ -358,291 +362,3 @@ def transformers_points(
     if kind == "head":
         return [_head_point(model, layer) for layer in layers]
     return [p for layer in layers for p in _layer_points(layer, kind)]
-
-
-class SentenceEmbedding(nn.Module):
-    """Mean-pooled sentence embedding of a Hugging Face encoder, as a tensor-valued model.
-
-    ``forward(input_ids, attention_mask=None)`` returns the mean of the last hidden state over
-    the tokens where ``attention_mask`` is 1 (all tokens without a mask), shape ``(N, D)``: the
-    pooling of sentence-transformers models such as all-MiniLM-L6-v2. The encoder is kept as
-    ``self.model``, so ``find_layers(wrapper.model)`` returns modules that are submodules of the
-    wrapper, and the names of ``find_layers(wrapper)`` are those names prefixed with
-    ``"model."``.
-
-    Args:
-        model: The encoder (for example a ``BertModel``).
-        normalize: L2-normalise the embeddings, as the full all-MiniLM-L6-v2 pipeline
-            (Transformer, Pooling, Normalize) does.
-
-    Examples:
-        >>> embed = SentenceEmbedding(bert).eval()
-        >>> points = find_layers(embed.model, "mlp")
-        >>> LayerGNDI(embed, list(points.values())).attribute(ids, additional_forward_args=mask)
-    """
-
-    def __init__(self, model: nn.Module, normalize: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.normalize = normalize
-
-    def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
-    ) -> Tensor:
-        """Embed a batch of token ids.
-
-        Args:
-            input_ids: Token ids, ``(N, T)``.
-            attention_mask: 1 for real tokens and 0 for padding, ``(N, T)``.
-            **kwargs: Passed on to the encoder (e.g. ``token_type_ids``).
-
-        Returns:
-            The pooled embeddings, ``(N, D)``.
-        """
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        hidden = getattr(output, "last_hidden_state", None)
-        if hidden is None:
-            hidden = output[0]
-        if attention_mask is None:
-            pooled = hidden.mean(dim=1)
-        else:
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
-
-
-class ModelLogits(nn.Module):
-    """A Hugging Face model whose forward returns ``.logits`` instead of a ``ModelOutput``.
-
-    The model is kept as ``self.model`` (see :class:`SentenceEmbedding` for what that means for
-    layer names).
-
-    Args:
-        model: A model whose output has a ``logits`` field (a ``...ForSequenceClassification``,
-            ``...ForCausalLM``, ``ViTForImageClassification``, ...).
-        token_index: For per-token logits ``(N, T, V)``, keep only this position (``-1``: the
-            next-token prediction, at the last real token of each row when an
-            ``attention_mask`` is passed, so right-padded batches score no pad position),
-            giving ``(N, V)``; ``None`` keeps all logits.
-
-    Examples:
-        >>> clf = ModelLogits(vit_classifier).eval()
-        >>> LayerGNDI(clf, find_layers(clf.model)["vit.encoder.layer.0.output.dense"])
-    """
-
-    def __init__(self, model: nn.Module, token_index: int | None = None) -> None:
-        super().__init__()
-        self.model = model
-        self.token_index = token_index
-
-    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        """Run the model and return its logits.
-
-        Args:
-            *args: Positional inputs of the model (``input_ids``, ``pixel_values``, ...).
-            **kwargs: Keyword inputs of the model.
-
-        Returns:
-            The logits (at ``token_index`` if one was given).
-
-        Raises:
-            ValueError: If ``token_index`` is set and the logits are not ``(N, T, V)``.
-        """
-        output = self.model(*args, **kwargs)
-        logits = getattr(output, "logits", None)
-        if logits is None:
-            logits = output[0]
-        if self.token_index is None:
-            return logits
-        if logits.dim() != 3:
-            raise ValueError(
-                f"token_index needs per-token logits (N, T, V); the model returned shape "
-                f"{tuple(logits.shape)}. Use model_logits(model) without token_index."
-            )
-        mask = kwargs.get("attention_mask")
-        if mask is None or self.token_index != -1:
-            return logits[:, self.token_index]
-        # the last *real* token of each row (right or left padding), not a pad position
-        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-        last = torch.where(mask.bool(), positions, -1).max(1).values.clamp_min(0)
-        return logits[torch.arange(logits.shape[0], device=logits.device), last]
-
-
-def sentence_embedding(model: nn.Module, normalize: bool = False) -> SentenceEmbedding:
-    """Wrap an encoder as a model returning attention-masked mean-pooled embeddings ``(N, D)``.
-
-    Args:
-        model: A Hugging Face encoder (``BertModel``, ...).
-        normalize: L2-normalise the embeddings (the last step of all-MiniLM-L6-v2's pipeline).
-
-    Returns:
-        A :class:`SentenceEmbedding` in the encoder's training mode.
-
-    Examples:
-        >>> embed = sentence_embedding(AutoModel.from_pretrained(path)).eval()
-        >>> vectors = embed(batch["input_ids"], batch["attention_mask"])
-    """
-    return SentenceEmbedding(model, normalize=normalize).train(model.training)
-
-
-def model_logits(model: nn.Module, token_index: int | None = None) -> ModelLogits:
-    """Wrap a Hugging Face model so that its forward returns ``.logits``.
-
-    Args:
-        model: A model whose output has a ``logits`` field.
-        token_index: Keep only this sequence position of ``(N, T, V)`` logits (``-1``: next
-            token); ``None`` keeps everything.
-
-    Returns:
-        A :class:`ModelLogits` in the model's training mode.
-
-    Examples:
-        >>> lm = model_logits(gpt2_lm_head_model, token_index=-1).eval()
-        >>> LayerGNDI(lm, find_layers(lm.model)["transformer.h.0.mlp.c_proj"]).attribute(
-        ...     input_ids, target=next_token_ids)
-    """
-    return ModelLogits(model, token_index=token_index).train(model.training)
-
-
-def _is_pretrained(module: nn.Module) -> bool:
-    return any(
-        cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers.")
-        for cls in type(module).__mro__
-    )
-
-
-def _can_switch(module: nn.Module) -> bool:
-    if not hasattr(module, "set_attn_implementation"):
-        return False
-    check = getattr(module, "_can_set_attn_implementation", None)
-    try:
-        return check() if callable(check) else True
-    except OSError:  # transformers 4.x reads the model's source file to decide
-        return False
-
-
-@contextmanager
-def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
-    """Make attention forward-mode differentiable on CPU for the duration of a ``with`` block.
-
-    PyTorch has no forward-AD formula for the fused CPU kernels of
-    ``scaled_dot_product_attention`` (SDPA) or for ``nn.MultiheadAttention``'s fast path, so
-    forward-mode G-NDI fails on them (``mode="auto"`` then falls back to reverse mode). Inside
-    the block:
-
-    - every Hugging Face ``PreTrainedModel`` in ``model`` that can switch its attention at run
-      time is set to ``"eager"`` with ``set_attn_implementation`` and restored afterwards.
-      transformers 5 models and the 4.x models written against ``AttentionInterface`` (GPT-2,
-      Llama, Mistral, Qwen2, ViT in 4.57) switch; 4.x models that pick an attention class when
-      they are built (BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA in 4.57) do not;
-    - SDPA is restricted to its math backend (``torch.nn.attention.sdpa_kernel``), which has
-      forward AD, so the models that could not switch work too;
-    - the ``nn.MultiheadAttention`` fast path (torchvision's ViT) is turned off.
-
-    All three are restored on exit, also after an exception. The numbers are the same up to
-    floating-point rounding.
-
-    Args:
-        model: The model, or a wrapper containing it.
-
-    Yields:
-        The model.
-
-    Examples:
-        >>> with eager_attention(model):
-        ...     scores = LayerGNDI(model, layers).attribute(ids, mode="forward")
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    switched: list[tuple[nn.Module, str]] = []
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    try:
-        for module in model.modules():
-            current = getattr(getattr(module, "config", None), "_attn_implementation", None)
-            if _is_pretrained(module) and current not in (None, "eager") and _can_switch(module):
-                module.set_attn_implementation("eager")
-                switched.append((module, current))
-        torch.backends.mha.set_fastpath_enabled(False)
-        with sdpa_kernel(SDPBackend.MATH):
-            yield model
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-        for module, implementation in reversed(switched):
-            module.set_attn_implementation(implementation)
-
-
-@dataclass(frozen=True, eq=False)
-class PaddingExcluded:
-    """A layer baseline that leaves padded token positions of a :class:`~captum_gndi.Heads`
-    point untouched: the baseline ``spec`` at real tokens and the activation itself at padding.
-
-    Called with the point's activation ``h`` of shape ``(N, T, H, d_head)``, it returns
-    ``where(mask, b, h)`` with ``b`` the resolved ``spec``, so ``h - b`` is zero at every padded
-    position: intervening on a head sets it to its baseline at real tokens only, and every
-    score of a padded position (position x head, units, path-integrated) is exactly 0.
-
-    A mask that is not 2-D (a 4-D mask built by hand) leaves the baseline as it is.
-
-    Attributes:
-        spec: The layer baseline at real tokens (see :mod:`captum_gndi.baselines`).
-        attention_mask: ``(N, T)``, nonzero for real tokens (Hugging Face's convention).
-        label: The layer's name, for error messages.
-    """
-
-    spec: LayerBaseline
-    attention_mask: Tensor
-    label: str = "heads"
-
-    def __call__(self, h: Tensor) -> Tensor:
-        """The baseline for activation ``h`` (padded positions: ``h`` itself)."""
-        h = h.detach()
-        b = resolve_layer_baseline(self.spec, h, self.label)
-        mask = self.attention_mask
-        if mask.dim() != 2:
-            return b  # a 4-D (N, 1, T, S) mask of the model's own: no padding to read off
-        if tuple(mask.shape) != tuple(h.shape[:2]):
-            raise ValueError(
-                f"The attention_mask has shape {tuple(mask.shape)}, but the heads of "
-                f"'{self.label}' have {tuple(h.shape[:2])} (batch, positions); give the (N, T) "
-                "padding mask that the tokenizer returned with these inputs."
-            )
-        keep = (mask != 0).to(h.device).reshape(*mask.shape, *([1] * (h.dim() - 2)))
-        return torch.where(keep, b, h)
-
-
-def exclude_padding(
-    layers: Sequence[LayerSpec],
-    baselines: Sequence[LayerBaseline],
-    attention_mask: Tensor | None,
-) -> list[LayerBaseline]:
-    """Wrap the baselines of :class:`~captum_gndi.Heads` points so padding is not intervened on.
-
-    Token positions where ``attention_mask`` is 0 are no units: the model's own attention masks
-    them out as keys, so what happens there reaches a real token only through the readout (the
-    padded rows of a last hidden state, for instance). With the wrapped baselines
-    (:class:`PaddingExcluded`) ``h - b`` is zero at padded positions, so position x head scores
-    there are exactly 0 (not NaN: the effect of an intervention that changes nothing), and a
-    head's ``(N, H)`` score is the effect of setting it to its baseline at real tokens only.
-    ``LayerGNDI.attribute`` applies this when ``forward_kwargs`` holds an ``attention_mask``;
-    other points (modules, :class:`~captum_gndi.LayerCall`) and multi-tensor baselines are
-    returned unchanged.
-
-    Args:
-        layers: The intervention points.
-        baselines: One layer baseline per point.
-        attention_mask: ``(N, T)``, nonzero for real tokens; ``None`` changes nothing.
-
-    Returns:
-        The baselines, those of ``Heads`` points wrapped.
-
-    Examples:
-        >>> specs = exclude_padding(points, [None] * len(points), batch["attention_mask"])
-    """
-    if attention_mask is None or not isinstance(attention_mask, Tensor):
-        return list(baselines)
-    return [
-        PaddingExcluded(spec, attention_mask, layer.name or "heads")
-        if isinstance(layer, Heads) and not isinstance(spec, (tuple, PaddingExcluded))
-        else spec
-        for layer, spec in zip(layers, baselines)
-    ]

@@ -20,14 +20,12 @@ from torch import nn
 from ..baselines import LayerBaseline
 from ..criteria import UndefinedCriterion, build_context, check_criteria, score_each
 from ..criteria.groups import LayerMask
+from ..interventions.damage import LABELLED_DEFAULT, UNLABELLED_DEFAULT
 from ..runs import DataTarget, Layers, first_batch, resolve_device, resolve_layers
 from .ablation import ablate, layer_baselines, select_units
 from .report import ValidationReport, build_report
 
 __all__ = ["validate"]
-
-LABELLED_DAMAGE = ("accuracy_drop", "loss_increase", "output_delta", "kl")
-UNLABELLED_DAMAGE = ("output_delta", "embedding_cosine")
 
 
 def validate(
@@ -121,7 +119,7 @@ def validate(
     device = resolve_device(model, device)
     has_labels = first_batch(data, device)[1] is not None
     if damage is None:
-        damage = LABELLED_DAMAGE if has_labels else UNLABELLED_DAMAGE
+        damage = LABELLED_DEFAULT if has_labels else UNLABELLED_DEFAULT
     units = select_units(
         model, data, named, granularity, n_channels, seed, channel_dim, device, layer_mask
     )

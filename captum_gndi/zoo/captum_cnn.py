@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from captum_gndi.adapters.torchvision import register_plain_model
 from captum_gndi.zoo.weights import WeightsSource, load_weights
 
 __all__ = ["CAPTUM_CIFAR_MEAN", "CAPTUM_CIFAR_STD", "CaptumCifarNet", "captum_cifar_cnn"]
@@ -63,3 +64,7 @@ def captum_cifar_cnn(weights: WeightsSource | None = None) -> CaptumCifarNet:
     if weights is not None:
         load_weights(model, weights, "captum-cifar-cnn")
     return model.eval()
+
+
+# find_layers handles this plain CNN through the torchvision adapter, like VGG and AlexNet
+register_plain_model(CaptumCifarNet)

@@ -16,6 +16,7 @@ import re
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_gndi.adapters.torchvision import register_residual_block
 from captum_gndi.zoo.weights import WeightsSource, load_weights, read_state_dict
 
 __all__ = [
@@ -172,3 +173,7 @@ def cifar_resnet(
             )
         load_weights(model, state, f"cifar resnet{depth}")
     return model.eval()
+
+
+# find_layers handles these ResNets (and the digits ResNet) through the torchvision adapter
+register_residual_block(BasicBlock, "bn2", ("shortcut",))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_gndi.adapters.torchvision import register_residual_block
 from captum_gndi.zoo.weights import WeightsSource, load_weights
 
 __all__ = ["TorchvisionBasicBlock", "resnet18_cifar"]
@@ -96,3 +97,7 @@ def resnet18_cifar(num_classes: int = 10, weights: WeightsSource | None = None) 
     if weights is not None:
         load_weights(model, weights, "resnet18_cifar")
     return model.eval()
+
+
+# find_layers handles this ResNet-18 through the torchvision adapter, like torchvision's own
+register_residual_block(TorchvisionBasicBlock, "bn2", ("downsample",))

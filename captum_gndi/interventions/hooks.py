@@ -1,10 +1,12 @@
-"""The one place where captum_gndi touches a model's layers.
+"""The hook back end: the one place where captum_gndi registers hooks on a model's layers.
 
 Every computation in the package (G-NDI in forward or reverse mode, true ablations, activation
 capture, baselines estimated over a data set) goes through :func:`intervene`: a context manager
 that registers one forward hook (or forward pre-hook) per module, hands the layer's activation to
 an ``edit`` callback that may replace it, counts how often each module runs, and always removes
-its hooks, also when the forward pass raises.
+its hooks, also when the forward pass raises. (The traced-suffix back end,
+:mod:`captum_gndi.interventions.suffix`, runs only the part of the network after a layer and
+edits its activation with the same edit functions, :mod:`captum_gndi.interventions.edits`.)
 
 An *intervention point* is either a module (which must run exactly once per forward pass) or a
 :class:`LayerCall`, which names one call of a module that runs several times per forward pass
@@ -212,6 +214,7 @@ class _CallCounter:
         self.labels = labels
         self.sites = sites
         self.calls = {key: 0 for key in sites}
+        self.single_tensor: dict[int, bool] = {}  # position -> the raw value was one tensor
 
     def verify(self) -> None:
         for key, (module, sites) in self.sites.items():
@@ -263,7 +266,9 @@ def intervene(
         labels: Names used in error messages, one per layer.
 
     Yields:
-        A call counter (``.calls`` maps ``(module id, on input)`` to the calls seen).
+        A call counter (``.calls`` maps ``(module id, on input)`` to the calls seen;
+        ``.single_tensor`` maps a position in ``layers`` to whether the module's raw output, or
+        its positional input, was one tensor, as Captum's layer methods need).
     """
     labels = list(labels) if labels is not None else [layer_label(layer) for layer in layers]
     sites: dict[tuple[int, bool], tuple[nn.Module, list[_Site]]] = {}
@@ -276,9 +281,11 @@ def intervene(
     counter = _CallCounter(labels, sites)
 
     def make_hooks(key: tuple[int, bool], module_sites: list[_Site]):
-        def apply(value: Any, where: str) -> Any:
+        def apply(value: Any, where: str, single: bool) -> Any:
             call = counter.calls[key]
             counter.calls[key] += 1
+            for site in module_sites:
+                counter.single_tensor.setdefault(site.position, single)
             active = [s for s in module_sites if s.call_index is None or s.call_index == call]
             if not active:
                 return None
@@ -302,19 +309,21 @@ def intervene(
             return rebuild(tensor) if changed else None
 
         def output_hook(module: nn.Module, args: Any, output: Any) -> Any:
-            return apply(output, f"output of layer '{labels[module_sites[0].position]}'")
+            where = f"output of layer '{labels[module_sites[0].position]}'"
+            return apply(output, where, isinstance(output, Tensor))
 
         def input_hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
             where = f"input of layer '{labels[module_sites[0].position]}'"
             if _first_tensor_index(args) is not None:
-                new_args = apply(args, where)
+                single = len(args) == 1 and isinstance(args[0], Tensor)
+                new_args = apply(args, where, single)
                 return None if new_args is None else (new_args, kwargs)
             names = [k for k, v in kwargs.items() if isinstance(v, Tensor)]
             floats = [k for k in names if kwargs[k].is_floating_point()]
             names = floats or names[:1]
             if not names:
                 raise InterventionError(f"The {where} holds no tensor to intervene on.")
-            new_values = apply(tuple(kwargs[k] for k in names), where)
+            new_values = apply(tuple(kwargs[k] for k in names), where, False)
             if new_values is None:
                 return None
             return args, {**kwargs, **dict(zip(names, new_values))}
