@@ -6,13 +6,16 @@ read), moves each batch to the model's device, optionally splits batches
 (``internal_batch_size``), and under ``torch.distributed`` (e.g. ``torchrun``) scores each
 rank's shard and all-reduces the sums, so that every rank returns the global result. A loader
 with a ``DistributedSampler`` is already sharded and is used as is; any other iterable is
-sharded by batches (rank r takes batches r, r + world_size, ...).
+sharded by batches (rank r takes batches r, r + world_size, ...). Patching data (clean and
+corrupted prompts with a metric model) is read through :mod:`captum_gndi.patching` into the
+same loop. The module passes 500 lines because ``compute_gndi`` and ``GNDIResult`` document
+every option where users read them; the logic itself is short.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +30,17 @@ from .engine import (
     ScoringJob,
     capture_activations,
     compute_effects,
+    signed_effect,
 )
 from .padding import exclude_padding
+from .patching import (
+    check_direction,
+    is_patching_data,
+    metric_model,
+    patching_job,
+    patching_runs,
+    source_label,
+)
 from .readouts import make_readout
 from .runs import (
     DataTarget,
@@ -68,7 +80,8 @@ class GNDIResult:
             ``(C,)`` (channel) or the activation shape (unit).
         stderr: Standard error of the mean, same shapes.
         n_examples: Number of examples scored.
-        settings: The options used (baseline, p, mode, granularity, n_steps).
+        settings: The options used (baseline, p, mode, granularity, n_steps; with patching
+            data also signed and direction).
         probe_stderr: With random probes, the probes' own standard error of ``mean`` (the
             Monte-Carlo error, separate from the spread over examples in ``stderr``).
     """
@@ -85,9 +98,49 @@ class GNDIResult:
         return {name: float(self.mean[name].sum()) for name in self.names}
 
     def ranking(self) -> list[str]:
-        """Layer names sorted from most to least important."""
+        """Layer names sorted from most to least important (by absolute value when signed)."""
         scores = self.layer_scores()
+        if self.settings.get("signed"):
+            return sorted(self.names, key=lambda name: -abs(scores[name]))
         return sorted(self.names, key=lambda name: -scores[name])
+
+    def stack(self, stderr: bool = False) -> Tensor:
+        """The per-unit means stacked over layers, layer first, TransformerLens-style.
+
+        Layers come in the order of ``layers`` as given to :func:`compute_gndi`. On head
+        points ``(N, T, H, d_head)`` (``find_layers(model, "head")``), ``granularity="channel",
+        channel_dim=2`` stacks to ``[layer, head]`` and ``channel_dim=(1, 2)`` to ``[layer,
+        pos, head]``; on residual or block outputs ``(N, T, D)``, ``channel_dim=1`` gives
+        ``[layer, pos]``: the shapes of ``transformer_lens.patching``'s sweeps
+        (``get_act_patch_attn_head_out_all_pos``, ``get_act_patch_attn_head_out_by_pos``,
+        ``get_act_patch_resid_pre``, ...). With patching data the values are signed effects
+        ``f(x) - f(x; do(h_u := b_u))``: a TransformerLens sweep value is the run's metric minus
+        the effect.
+
+        Args:
+            stderr: Stack the standard errors instead of the means.
+
+        Returns:
+            A float tensor ``(n_layers, *unit_shape)``.
+
+        Raises:
+            ValueError: When the layers' unit shapes differ (e.g. heads of layers with
+                different head counts); index ``result.mean`` per layer instead.
+
+        Examples:
+            >>> result = compute_gndi(f, task, find_layers(model, "head"),
+            ...                       granularity="channel", channel_dim=(1, 2))
+            >>> result.stack().shape  # [layer, pos, head]
+            torch.Size([30, 15, 9])
+        """
+        values = [(self.stderr if stderr else self.mean)[name] for name in self.names]
+        shapes = {name: tuple(v.shape) for name, v in zip(self.names, values)}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(
+                f"The layers have different unit shapes ({shapes}); stack() needs one shape. "
+                "Index result.mean[name] per layer instead."
+            )
+        return torch.stack(values)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dictionary."""
@@ -303,13 +356,25 @@ def compute_gndi(
     layer_mask: Tensor | Mapping[str, Tensor] | None = None,
     n_probes: int | None = None,
     probe_seed: int = 0,
+    signed: bool | None = None,
+    direction: str = "noising",
+    metric: Callable[[Any, Tensor], Tensor] | None = None,
 ) -> GNDIResult:
     """G-NDI of every layer, averaged over a data set.
 
+    With patching data (a :class:`~captum_gndi.tasks.PatchingTask` or a loader of
+    ``(clean, corrupted, answers)`` :class:`~captum_gndi.tasks.PatchingBatch` es), ``model`` is
+    a metric model ``f(input_ids, answers) -> (N, 1)`` (e.g.
+    ``captum_gndi.tasks.logit_diff(model)``, or the model with ``metric=``), the baseline of
+    every unit is its activation on the other prompt of the pair (per example: the same as
+    ``LayerGNDI.attribute(clean, baselines=corrupted, additional_forward_args=(answers,),
+    signed=True)``), and the scores are signed first-order effects ``f(x) - f(x; do(h_u :=
+    b_u))``, minus attribution patching (see :mod:`captum_gndi.patching`).
+
     Args:
-        model: The model; it should be in eval mode.
+        model: The model; it should be in eval mode. With patching data, the metric model.
         data: A DataLoader or iterable of batches: a tensor, ``(inputs, labels)`` or
-            ``((input tensors...), labels)``.
+            ``((input tensors...), labels)``; or patching data (above).
         layers: Dict name -> module (e.g. from :func:`captum_gndi.find_layers`) or a list of
             dotted names.
         baseline: ``"zero"``, ``"mean"`` (a first pass computes each layer's data-set mean
@@ -338,6 +403,16 @@ def compute_gndi(
             (see :mod:`captum_gndi.readouts`); the probes' own standard error of the mean
             scores is in ``result.probe_stderr``.
         probe_seed: Seed of the probes (batch ``i`` uses ``probe_seed + i``).
+        signed: Average the signed first-order effect ``J (h - b)`` (one output per example:
+            a metric, or a scalar ``target``) instead of its norm. ``None``: signed for
+            patching data, a norm otherwise; ``signed=False`` on patching data gives the
+            absolute effect.
+        direction: With patching data: ``"noising"`` (default: run the clean prompt, patch
+            corrupted activations in) or ``"denoising"`` (run the corrupted prompt, patch
+            clean activations in: TransformerLens's default).
+        metric: With patching data: ``metric(output, answers)`` returning one number per
+            example (``(N,)`` or ``(N, 1)``); the metric model is then ``metric(model(ids),
+            answers)`` (:class:`~captum_gndi.patching.PatchingMetric`).
 
     Returns:
         A :class:`GNDIResult` with per-layer mean, standard error and ranking. Under
@@ -355,15 +430,39 @@ def compute_gndi(
         >>> result = compute_gndi(model, loader, layers)  # same numbers on every rank
     """
     readout = make_readout(norm, n_probes, probe_seed)
+    patching = is_patching_data(data)
+    signed = patching if signed is None else signed
+    if signed and (n_probes is not None or readout.fisher):
+        raise ValueError(
+            "Signed scores are the exact first-order effect on one output per example; drop "
+            "n_probes / norm='fisher', or pass signed=False."
+        )
+    if patching:
+        check_direction(direction)
+        if target is not None or baseline not in (None, "zero"):
+            raise ValueError(
+                "With patching data the baseline of every unit is its activation on the other "
+                "prompt of the pair and the output is the metric model's one number per pair; "
+                "drop target= and baseline=."
+            )
+        model = metric_model(model, metric)
+    elif metric is not None:
+        raise ValueError(
+            "metric= needs patching data (a PatchingTask or a loader of (clean, corrupted, "
+            "answers) batches); for other data pass the metric as the model itself."
+        )
     warn_if_training(model)
     named = resolve_layers(model, layers)
     names, specs = list(named), list(named.values())
     device = resolve_device(model, device)
     check_data_target(target)
-    resolved = layer_baselines(
-        model, data, named, baseline, device, progress, max_batches, attribute_to_layer_input
-    )
-    baselines = [resolved[n] for n in names]
+    if patching:
+        baselines: list[LayerBaseline] = []
+    else:
+        resolved = layer_baselines(
+            model, data, named, baseline, device, progress, max_batches, attribute_to_layer_input
+        )
+        baselines = [resolved[n] for n in names]
     alphas, weights = ((1.0,), (1.0,)) if n_steps == 1 else integration_points(n_steps, method)
 
     masks = _layer_masks(layer_mask, names)
@@ -372,36 +471,55 @@ def compute_gndi(
     moments = RunningMoments(names, device)
     probe_moments = RunningMoments(names, device)
     used_modes: set[str] = set()
-    for index, (inputs, labels) in enumerate(
-        iterate_batches(data, device, max_batches, progress, "G-NDI")
-    ):
-        for part, part_labels in chunks(inputs, labels, internal_batch_size):
-            check_inputs(part)
-            job = ScoringJob(
-                run=make_runner(model, part, None, batch_target(model, part, part_labels, target)),
-                layers=specs,
-                labels=names,
-                baselines=exclude_padding(specs, baselines, attention_mask_of(part)),
-                attribute_to_layer_input=attribute_to_layer_input,
-                channel_dim=channel_dim,
-                layer_masks=masks,
-            )
-            readout.seed = probe_seed + index
-            effects, used = compute_effects(
-                job, mode, granularity, alphas, weights, readout=readout
-            )
-            used_modes.add(used)
-            mode = used  # decide (and warn about a fallback) once, not on every batch
-            reference = None
-            if readout.fisher and readout.n_probes is None:
-                with torch.no_grad():
-                    reference = job.run()
-                readout.output_shape = getattr(job.run, "output_shape", None)
-            for name, effect in zip(names, effects):
-                moments.add(name, readout.scores(effect, reference))
-                se = readout.probe_stderr(effect)
-                if se is not None:
-                    probe_moments.add(name, se.pow(2))
+
+    def jobs() -> Iterator[tuple[int, ScoringJob]]:
+        if patching:
+            for index, run in enumerate(
+                patching_runs(
+                    data, direction, device, max_batches, progress, "G-NDI", internal_batch_size
+                )
+            ):
+                job = patching_job(
+                    model, run, specs, names, attribute_to_layer_input, channel_dim, masks
+                )
+                yield index, job
+            return
+        for index, (inputs, labels) in enumerate(
+            iterate_batches(data, device, max_batches, progress, "G-NDI")
+        ):
+            for part, part_labels in chunks(inputs, labels, internal_batch_size):
+                check_inputs(part)
+                job = ScoringJob(
+                    run=make_runner(
+                        model, part, None, batch_target(model, part, part_labels, target)
+                    ),
+                    layers=specs,
+                    labels=names,
+                    baselines=exclude_padding(specs, baselines, attention_mask_of(part)),
+                    attribute_to_layer_input=attribute_to_layer_input,
+                    channel_dim=channel_dim,
+                    layer_masks=masks,
+                )
+                yield index, job
+
+    for index, job in jobs():
+        readout.seed = probe_seed + index
+        effects, used = compute_effects(job, mode, granularity, alphas, weights, readout=readout)
+        used_modes.add(used)
+        mode = used  # decide (and warn about a fallback) once, not on every batch
+        reference = None
+        if readout.fisher and readout.n_probes is None:
+            with torch.no_grad():
+                reference = job.run()
+            readout.output_shape = getattr(job.run, "output_shape", None)
+        for name, effect in zip(names, effects):
+            if signed:
+                moments.add(name, signed_effect(effect, name))
+                continue
+            moments.add(name, readout.scores(effect, reference))
+            se = readout.probe_stderr(effect)
+            if se is not None:
+                probe_moments.add(name, se.pow(2))
     mean, stderr, n = moments.reduce()
     probe_stderr = None
     if n_probes is not None:
@@ -421,6 +539,10 @@ def compute_gndi(
     }
     if n_probes is not None:
         settings["n_probes"] = n_probes
+    if signed:
+        settings["signed"] = True
+    if patching:
+        settings.update(baseline=source_label(direction), direction=direction)
     return GNDIResult(names, mean, stderr, n, settings, probe_stderr)
 
 
