@@ -19,14 +19,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from captum_gndi import Heads, LayerGNDI, find_layers
-from captum_gndi.adapters import describe_layers
+from captum_gndi import Heads, LayerGNDI, compute_gndi, find_layers, get_layer
+from captum_gndi.adapters import LayerNotFoundError, describe_layers
 from captum_gndi.adapters.transformer_lens import (
     UnsupportedTransformerLens,
     is_transformer_lens_model,
     transformer_lens_api,
     transformer_lens_points,
 )
+from captum_gndi.tasks import PatchingTask
 
 N_LAYERS, N_HEADS, D_HEAD, VOCAB = 2, 2, 8, 30
 SKIP_REASON = (
@@ -245,6 +246,70 @@ def test_attention_only_model_has_no_mlp_points() -> None:
     assert list(find_layers(model)) == ["blocks.0.hook_attn_out"]
     with pytest.raises(ValueError, match="attention-only"):
         find_layers(model, "mlp")
+
+
+# --- hook names through get_layer, and patching tasks (compute_gndi, result.stack()) ---
+
+
+def test_get_layer_resolves_every_hook_name(model: nn.Module) -> None:
+    bridge = "TransformerBridge" in type(model).__name__
+    for name, hook in model.hook_dict.items():
+        layer = get_layer(model, name)
+        if bridge and name.endswith("attn.hook_z"):
+            assert isinstance(layer, Heads) and layer.module is hook and layer.n_heads == N_HEADS
+            assert layer.name == name
+        else:
+            assert layer is hook, name
+    heads = find_layers(model, "head")
+    z = get_layer(model, "blocks.1.attn.hook_z")
+    assert getattr(z, "module", z) is getattr(heads["blocks.1.attn.hook_z"], "module", z)
+    wrapper = nn.Module()
+    wrapper.model = model
+    assert (
+        get_layer(wrapper, "model.blocks.0.hook_resid_pre")
+        is model.hook_dict["blocks.0.hook_resid_pre"]
+    )
+    with pytest.raises(LayerNotFoundError, match="blocks.0.attn.hook_z") as error:
+        get_layer(model, "blocks.0.attn.hook_zz")
+    assert "_original_component" not in str(error.value)
+
+
+def _task() -> PatchingTask:
+    clean, corrupted = _tokens()
+    return PatchingTask(clean, corrupted, torch.tensor([[3, 7]] * len(clean)))
+
+
+def _metric(logits: Tensor, answers: Tensor) -> Tensor:
+    last = logits[:, -1]
+    return last.gather(1, answers[:, :1]) - last.gather(1, answers[:, 1:])
+
+
+@pytest.mark.parametrize("direction", ["noising", "denoising"])
+def test_compute_gndi_on_a_patching_task_stacks_like_a_transformer_lens_sweep(
+    model: nn.Module, direction: str
+) -> None:
+    task = _task()
+    heads = find_layers(model, "head")
+    result = compute_gndi(
+        model,
+        task,
+        heads,
+        granularity="channel",
+        channel_dim=(1, 2),
+        metric=_metric,
+        direction=direction,
+        progress=False,
+    )
+    run, source = (task.clean, task.corrupted)
+    if direction == "denoising":
+        run, source = source, run
+    atp = _attribution_patching(model, list(heads), run, source)  # (N, T, H, d_head) per layer
+    expected = -torch.stack([a.sum(3).mean(0) for a in atp])  # [layer, pos, head]
+    stacked = result.stack()
+    assert stacked.shape == (N_LAYERS, 6, N_HEADS)
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(stacked.float(), expected, rtol=1e-4, atol=1e-6)
+    assert result.settings["direction"] == direction
 
 
 # --- TransformerLens APIs the adapter does not know (fakes: no TransformerLens needed) ---

@@ -31,12 +31,19 @@ only for hooks added with its own ``add_hook``), so the point is
 way ``granularity="channel", channel_dim=2`` scores each head ``(N, H)`` and
 ``channel_dim=(1, 2)`` each position x head ``(N, T, H)``.
 
+Every hook name of the model resolves through :func:`captum_gndi.get_layer` (and so wherever a
+layer may be named by a string): ``get_layer(bridge, "blocks.0.attn.hook_z")`` returns the same
+``Heads`` point as ``find_layers``, ``"blocks.3.hook_resid_pre"`` the bridge's hook point behind
+that alias, and an unknown name is an error that suggests TransformerLens hook names, not the
+bridge's internal module paths (:func:`hook_point_named`).
+
 ``transformer_lens`` is never imported by this module at import time: models are recognised by
 the module path of their classes.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -46,11 +53,13 @@ from importlib import metadata
 from torch import nn
 
 from ..interventions import Heads, LayerSpec
+from ..layer_names import LayerNotFoundError, register_point_names
 from .generic import KILLS_DOWNSTREAM, Point, UnsupportedKind, kind_argument
 
 __all__ = [
     "KNOWN_APIS",
     "UnsupportedTransformerLens",
+    "hook_point_named",
     "is_transformer_lens_model",
     "transformer_lens_api",
     "transformer_lens_points",
@@ -318,3 +327,61 @@ def transformer_lens_points(model: nn.Module, kind: str = "auto") -> list[Point]
         for name, root in roots
         for point in _root_points(f"{name}." if name else "", root, kind)
     ]
+
+
+@register_point_names
+def hook_point_named(model: nn.Module, path: str, call: int | None) -> LayerSpec | None:
+    """The hook point of a TransformerLens model named by its TransformerLens hook name.
+
+    Registered with :func:`captum_gndi.layer_names.register_point_names`, so that
+    :func:`~captum_gndi.get_layer` resolves every name of ``model.hook_dict`` (a
+    ``TransformerBridge``'s aliases such as ``blocks.0.attn.hook_z`` or
+    ``blocks.0.hook_resid_pre`` included) when the name is no module path. ``hook_z`` of a
+    bridge is returned as ``Heads(hook_point, n_heads)``, as :func:`transformer_lens_points`
+    does (the bridge hands it flattened).
+
+    Args:
+        model: A TransformerLens model, or a wrapper holding one (names then carry the
+            wrapper's prefix, e.g. ``"model.blocks.0.attn.hook_z"``); any other model gives
+            ``None``.
+        path: The dotted name without a ``"[call k]"`` suffix.
+        call: The ``k`` of a ``"[call k]"`` suffix (hook points run once: must be ``None``).
+
+    Returns:
+        The point, or ``None`` when ``model`` is not a TransformerLens model or ``path`` ends in
+        ``".heads"`` (another finder's names).
+
+    Raises:
+        LayerNotFoundError: For a TransformerLens model without a hook point of that name; the
+            message suggests the closest hook names.
+
+    Examples:
+        >>> hook_point_named(bridge, "blocks.0.attn.hook_z", None)  # doctest: +SKIP
+        Heads(module=HookPoint(), n_heads=12, call_index=None, name='blocks.0.attn.hook_z')
+    """
+    if path.endswith(".heads") or not is_transformer_lens_model(model):
+        return None
+    names: list[str] = []
+    for prefix, root in _roots(model):
+        hooks = getattr(root, "hook_dict", None)
+        if not isinstance(hooks, Mapping):
+            continue
+        start = f"{prefix}." if prefix else ""
+        names.extend(start + name for name in hooks)
+        if not path.startswith(start) or not isinstance(hooks.get(path[len(start) :]), nn.Module):
+            continue
+        if call is not None:
+            raise LayerNotFoundError(
+                f"{path!r} is a TransformerLens hook point, which runs once per forward pass; "
+                f"drop the '[call {call}]' suffix."
+            )
+        hook = hooks[path[len(start) :]]
+        if path.endswith("attn.hook_z") and _api_of(root) == "TransformerBridge":
+            return Heads(hook, _structure(root)[2], name=path)  # the bridge hands it flattened
+        return hook
+    close = difflib.get_close_matches(path, names, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise LayerNotFoundError(
+        f"{type(model).__name__} has no TransformerLens hook point {path!r}.{hint} "
+        "model.hook_dict lists the hook names; find_layers(model, kind) gives the usual points."
+    )
