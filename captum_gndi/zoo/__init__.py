@@ -52,6 +52,13 @@ from captum_gndi.zoo.polarity_lm import (
     train_polarity_lm,
 )
 from captum_gndi.zoo.resnet18_cifar import TorchvisionBasicBlock, resnet18_cifar
+from captum_gndi.zoo.smollm2 import (
+    SMOLLM2_DISTRIBUTION,
+    SMOLLM2_INSTALL,
+    load_smollm2,
+    smollm2_cache_dir,
+    smollm2_gguf_file,
+)
 from captum_gndi.zoo.weights import WeightsSource, load_weights, read_state_dict
 
 __all__ = [
@@ -71,6 +78,8 @@ __all__ = [
     "NORMALIZATIONS",
     "POLARITY_LM_DIR",
     "PadShortcut",
+    "SMOLLM2_DISTRIBUTION",
+    "SMOLLM2_INSTALL",
     "TorchvisionBasicBlock",
     "WeightsSource",
     "captum_cifar_cnn",
@@ -83,12 +92,15 @@ __all__ = [
     "load_digits_dataset",
     "load_polarity_lm",
     "load_polarity_sentences",
+    "load_smollm2",
     "load_weights",
     "normalize_images",
     "polarity_lm_perplexity",
     "read_state_dict",
     "resnet18_cifar",
     "shared_data_dir",
+    "smollm2_cache_dir",
+    "smollm2_gguf_file",
     "train_digits_resnet",
     "train_polarity_lm",
 ]
