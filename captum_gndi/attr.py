@@ -23,6 +23,7 @@ from .engine import (
     signed_effect,
     true_effects,
 )
+from .input_path import Path, check_path, expand_input_baselines, input_path
 from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
 from .padding import exclude_padding
 from .readouts import make_readout
@@ -134,6 +135,8 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         n_probes: int | None = ...,
         probe_seed: int = ...,
         p: float | str | None = ...,
+        path: Path = ...,
+        input_layer: nn.Module | str | None = ...,
     ) -> Scores: ...
 
     @overload
@@ -160,6 +163,8 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         n_probes: int | None = ...,
         probe_seed: int = ...,
         p: float | str | None = ...,
+        path: Path = ...,
+        input_layer: nn.Module | str | None = ...,
     ) -> tuple[Scores, Scores]: ...
 
     @overload
@@ -185,6 +190,8 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         n_probes: int | None = ...,
         probe_seed: int = ...,
         p: float | str | None = ...,
+        path: Path = ...,
+        input_layer: nn.Module | str | None = ...,
     ) -> Scores | tuple[Scores, Scores]: ...
 
     @log_usage()
@@ -210,6 +217,8 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         n_probes: int | None = None,
         probe_seed: int = 0,
         p: float | str | None = None,
+        path: Path = "unit",
+        input_layer: nn.Module | str | None = None,
     ) -> Tensor | list[Tensor] | tuple[Tensor | list[Tensor], Tensor | list[Tensor]]:
         r"""Compute G-NDI scores for each example.
 
@@ -276,6 +285,24 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 ``self.probe_stderr`` (same structure as the scores).
             probe_seed: Seed of the probes.
             p: Deprecated spelling of ``norm`` (kept for one release).
+            path: Which path ``n_steps > 1`` integrates along. ``"unit"`` (default): each unit
+                on its own path ``b_u + a (h - b)_u`` (converges to the effect of intervening
+                on that unit alone; ``units x n_steps`` passes, more than exact ablation of
+                every unit). ``"input"``: one path in input space from ``baselines`` to
+                ``inputs`` (token ids through the input embeddings, as
+                ``LayerIntegratedGradients`` on the embedding layer); the gradient with
+                respect to every unit, averaged over that path, times ``h(x) - h(baselines)``:
+                EAP-IG (Hanna et al. 2024), ``n_steps`` forward passes and ``n_steps x K``
+                backward passes for all units of all layers (reverse mode). It converges to
+                the unit's integrated-gradients share of ``f(x) - f(baselines)`` (summing to
+                it over a complete cut), not to a single-unit patching effect. It needs
+                ``baselines``. With ``n_steps=1`` both paths are first-order G-NDI (the
+                Jacobian at the inputs themselves; Captum's one-point Gauss-Legendre rule
+                would evaluate at the midpoint instead).
+            input_layer: For ``path="input"``: the module (or submodule name) whose output
+                is interpolated. Default: the model's ``get_input_embeddings()`` (or that of
+                its first submodule that has one) for integer inputs; float inputs are
+                interpolated directly.
 
         Returns:
             Scores of shape ``(N,)`` per layer (a list for a list of layers; ``(N, C)`` or
@@ -303,6 +330,13 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             )
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
+        check_path(path)
+        if path == "input" and baselines is None:
+            raise ValueError(
+                "path='input' integrates from input-space baselines to the inputs; pass "
+                "Captum's `baselines` (e.g. the corrupted prompt's token ids, or a number), "
+                "or use path='unit' with layer_baselines."
+            )
         masks = self._masks(layer_mask)
         if masks is not None:
             if granularity not in ("layer", "group"):
@@ -346,10 +380,22 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             layer_masks=masks,
             grad_kwargs=grad_kwargs,
         )
+        if path == "input" and n_steps > 1:
+            job.input_path = input_path(
+                forward_func,
+                input_tuple,
+                expand_input_baselines(input_tuple, baselines),
+                forward_args,
+                target,
+                input_layer,
+                model=self.forward_func,
+            )
         alphas, weights = (1.0,), (1.0,)
         if n_steps > 1:
             alphas, weights = integration_points(n_steps, method)
-        effects, _ = compute_effects(job, mode, granularity, alphas, weights, readout=readout)
+        effects, _ = compute_effects(
+            job, mode, granularity, alphas, weights, readout=readout, path=path
+        )
         reference = None
         if readout.fisher:
             with torch.no_grad():
@@ -488,25 +534,10 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         attribute_to_layer_input: bool,
     ) -> list[Tensor]:
         """Layer activations at Captum-style input baselines (one per example)."""
-        baseline_tuple = baselines if isinstance(baselines, tuple) else (baselines,)
-        if len(baseline_tuple) != len(inputs):
-            raise ValueError(
-                f"Got {len(baseline_tuple)} input baselines for {len(inputs)} inputs; give one "
-                "per input tensor."
-            )
-        expanded = []
-        for index, (value, tensor) in enumerate(zip(baseline_tuple, inputs)):
-            value = torch.as_tensor(value, dtype=tensor.dtype, device=tensor.device)
-            try:
-                expanded.append(value.expand_as(tensor).contiguous())
-            except RuntimeError as error:
-                raise ValueError(
-                    f"Input baseline {index} of shape {tuple(value.shape)} does not broadcast "
-                    f"to input of shape {tuple(tensor.shape)}."
-                ) from error
-        check_inputs(tuple(expanded))
+        expanded = expand_input_baselines(inputs, baselines)
+        check_inputs(expanded)
         job = ScoringJob(
-            run=make_runner(forward_func, tuple(expanded), forward_args, None),
+            run=make_runner(forward_func, expanded, forward_args, None),
             layers=self._layers,
             labels=self._labels,
             baselines=[None] * len(self._layers),

@@ -45,8 +45,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .forward_mode import TANGENT_CHUNK, forward_effects, is_missing_forward_ad, tangent_groups
+from .input_path import Path, check_path
 from .job import ScoringJob, capture_activations, first_order, true_effects
 from .readouts import Readout
 from .reverse_mode import (
@@ -54,6 +56,7 @@ from .reverse_mode import (
     VJP_CHUNK,
     Graph,
     graph_activations,
+    input_path_effects,
     record,
     reverse_effects,
     vjp_effects,
@@ -69,6 +72,8 @@ __all__ = [
     "compute_effects",
     "effect_norms",
     "forward_effects",
+    "input_path_passes",
+    "pass_counts",
     "reverse_effects",
     "signed_effect",
     "true_effects",
@@ -123,9 +128,8 @@ def choose_mode(
     if mode != "auto":
         return mode
     n_tangents = n_layers if n_tangents is None else n_tangents
-    n_groups = tangent_groups(n_layers, n_tangents, TANGENT_CHUNK)
-    forward_cost = n_groups + n_tangents
-    reverse_cost = n_tangents * (1 + n_outputs) if path else 1 + n_outputs
+    costs = pass_counts(n_layers, n_outputs, n_tangents, path)
+    forward_cost, reverse_cost = costs["forward"], costs["reverse"]
     unit_first_order = granularity == "unit" and not path
     chosen = "reverse" if unit_first_order or reverse_cost < forward_cost else "forward"
     logger.debug(
@@ -140,6 +144,35 @@ def choose_mode(
         reverse_cost,
     )
     return chosen
+
+
+def pass_counts(n_layers: int, n_rows: int, n_tangents: int, path: bool) -> dict[str, int]:
+    """Forward-pass equivalents of each engine (the cost model of :func:`choose_mode`).
+
+    Args:
+        n_layers: Intervention points.
+        n_rows: Vector-Jacobian products per recorded pass (output dimensions K, or
+            ``n_probes``).
+        n_tangents: Tangents (cells) in total: units, times integration points for ``path``.
+        path: Per-unit path integration (each cell its own pass).
+
+    Returns:
+        ``{"forward": n_groups + n_tangents, "reverse": ...}``: ``1 + n_rows`` at first order,
+        ``n_tangents x (1 + n_rows)`` with per-unit path integration.
+
+    Examples:
+        >>> pass_counts(n_layers=1, n_rows=1, n_tangents=64, path=True)
+        {'forward': 66, 'reverse': 128}
+    """
+    n_groups = tangent_groups(n_layers, n_tangents, TANGENT_CHUNK)
+    reverse = n_tangents * (1 + n_rows) if path else 1 + n_rows
+    return {"forward": n_groups + n_tangents, "reverse": reverse}
+
+
+def input_path_passes(n_steps: int, n_rows: int) -> int:
+    """Passes of ``path="input"``: one capture pass, then one recorded pass and ``n_rows``
+    vector-Jacobian products per integration point, whatever the number of units."""
+    return 1 + n_steps * (1 + n_rows)
 
 
 def _probe(
@@ -172,11 +205,18 @@ def compute_effects(
     weights: Sequence[float] = (1.0,),
     n_outputs: int | None = None,
     readout: Readout = EXACT,
+    path: Path = "unit",
+    progress: bool = False,
+    warn_cost: bool = True,
 ) -> tuple[list[Tensor], str]:
     """Dispatch to the forward or reverse engine.
 
     With ``mode="auto"`` and first-order G-NDI, the reverse engine's forward pass doubles as the
     probe that finds K and the channel counts, so choosing costs nothing when reverse wins.
+    Path integration first counts the chosen engine's passes (:func:`pass_counts`,
+    :func:`input_path_passes`); that count is the progress bar's total, and when it exceeds
+    exact ablation of every unit (``units + 1`` forward passes) one ``UserWarning`` says so,
+    before the work, and names the cheaper alternatives.
 
     Args:
         job: The job and its intervention points.
@@ -189,6 +229,11 @@ def compute_effects(
             to find it otherwise).
         readout: With random probes (``readout.n_probes``) only reverse mode applies: the
             effects are the ``n_probes`` projections.
+        path: ``"unit"`` (each unit on its own path ``b_u + a (h - b)_u``) or ``"input"``
+            (one input-space path for all units, ``job.input_path``; reverse mode). Both are
+            first-order G-NDI at ``alphas == (1.0,)``.
+        progress: Show a progress bar of the passes of path integration.
+        warn_cost: Warn when path integration costs more passes than exact ablation.
 
     Returns:
         The effects (one tensor per layer, K first) and the mode that was used.
@@ -200,6 +245,10 @@ def compute_effects(
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    check_path(path)
+    integrated = not first_order(alphas)
+    if path == "input" and integrated:
+        return _input_path(job, mode, granularity, alphas, weights, readout, progress, warn_cost)
     graph, units, chosen = None, None, mode
     if readout.n_probes is not None:
         if mode == "forward":
@@ -208,30 +257,112 @@ def compute_effects(
                 "or 'auto', or drop n_probes for exact forward-mode effects."
             )
         mode = chosen = "reverse"
-    if mode == "auto":
+    if mode == "auto" or integrated:
         graph, units, n_outputs, n_tangents = _probe(job, granularity, alphas, n_outputs)
-        path = not first_order(alphas)
-        chosen = choose_mode(mode, len(job.layers), n_outputs, granularity, n_tangents, path)
-    if chosen == "reverse":
-        if graph is not None and units is not None:
-            effects = vjp_effects(graph, job, units, VJP_CHUNK, readout)
-            return [e * weights[0] for e in effects], "reverse"
-        return reverse_effects(job, granularity, alphas, weights, readout=readout), "reverse"
-    graph = None  # free the probe's autograd graph before running forward mode
+        chosen = choose_mode(mode, len(job.layers), n_outputs, granularity, n_tangents, integrated)
+    if chosen == "reverse" and graph is not None and units is not None:
+        effects = vjp_effects(graph, job, units, VJP_CHUNK, readout)
+        return [e * weights[0] for e in effects], "reverse"
+    bar = None
+    if integrated:
+        n_rows = readout.n_probes or n_outputs
+        passes = pass_counts(len(job.layers), n_rows, n_tangents, True)[chosen]
+        n_units = n_tangents // len(alphas)
+        if warn_cost and passes > n_units + 1:
+            _warn_cost(
+                f"Per-unit path integration (path='unit', n_steps={len(alphas)}) will take "
+                f"about {passes} passes in {chosen} mode ({n_units} units x {len(alphas)} "
+                "steps, each unit on its own path)",
+                n_units,
+                "for every unit's path-integrated score in n_steps forward+backward passes, "
+                "use path='input' with input-space `baselines` (e.g. the corrupted prompt; it "
+                "estimates the unit's share of f(x) - f(baselines) along one input path, not "
+                "the effect of patching the unit alone)",
+            )
+        bar = tqdm(total=passes, desc=f"G-NDI passes ({chosen})", disable=not progress)
+    tick = None if bar is None else bar.update
     try:
-        return forward_effects(job, granularity, alphas, weights), "forward"
-    except (NotImplementedError, RuntimeError) as error:
-        if mode == "forward" or not is_missing_forward_ad(error):
-            raise
-        warnings.warn(
-            f"Forward-mode AD is not supported by an operator in this model ({error}); "
-            "falling back to reverse mode (same scores). To keep forward mode, run inside "
-            "`with captum_gndi.eager_attention(model):` (SDPA math backend, no "
-            "nn.MultiheadAttention fast path) or load Hugging Face models with "
-            "attn_implementation='eager'.",
-            stacklevel=3,
+        if chosen == "reverse":
+            effects = reverse_effects(
+                job, granularity, alphas, weights, readout=readout, progress=tick
+            )
+            return effects, "reverse"
+        graph = None  # free the probe's autograd graph before running forward mode
+        try:
+            return forward_effects(job, granularity, alphas, weights, progress=tick), "forward"
+        except (NotImplementedError, RuntimeError) as error:
+            if mode == "forward" or not is_missing_forward_ad(error):
+                raise
+            warnings.warn(
+                f"Forward-mode AD is not supported by an operator in this model ({error}); "
+                "falling back to reverse mode (same scores). To keep forward mode, run inside "
+                "`with captum_gndi.eager_attention(model):` (SDPA math backend, no "
+                "nn.MultiheadAttention fast path) or load Hugging Face models with "
+                "attn_implementation='eager'.",
+                stacklevel=3,
+            )
+            return reverse_effects(job, granularity, alphas, weights, progress=tick), "reverse"
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _input_path(
+    job: ScoringJob,
+    mode: Mode,
+    granularity: Granularity,
+    alphas: Sequence[float],
+    weights: Sequence[float],
+    readout: Readout,
+    progress: bool,
+    warn_cost: bool,
+) -> tuple[list[Tensor], str]:
+    """``path="input"`` with ``n_steps > 1``: count, warn, then run the reverse engine."""
+    if mode == "forward":
+        raise ValueError(
+            "path='input' takes the gradient with respect to every unit at each point of the "
+            "input path, which is reverse mode; use mode='reverse' or 'auto' (or path='unit' "
+            "for forward mode)."
         )
-        return reverse_effects(job, granularity, alphas, weights), "reverse"
+    if job.input_path is None:
+        raise ValueError(
+            "path='input' integrates from input-space baselines to the inputs; this job has "
+            "none. Pass Captum's `baselines` (e.g. the corrupted prompt) to LayerGNDI.attribute."
+        )
+    output, activations = capture_activations(job)
+    n_units = sum(job.units(p, h, granularity).n_groups for p, h in enumerate(activations))
+    n_rows = readout.rows_count(output)
+    passes = input_path_passes(len(alphas), n_rows)
+    if warn_cost and passes > n_units + 1:
+        _warn_cost(
+            f"path='input' with n_steps={len(alphas)} will take about {passes} passes (a "
+            f"forward pass and {n_rows} backward passes per step, one per output row)",
+            n_units,
+            "to need fewer backward passes, select one output with `target` (or a metric as "
+            "forward_func) or estimate the norm with n_probes",
+        )
+    with tqdm(total=passes, desc="G-NDI passes (input path)", disable=not progress) as bar:
+        effects = input_path_effects(
+            job,
+            granularity,
+            alphas,
+            weights,
+            readout=readout,
+            progress=bar.update,
+            captured=(output, activations),
+        )
+    return effects, "reverse"
+
+
+def _warn_cost(cost: str, n_units: int, alternative: str) -> None:
+    """One warning: the estimate costs more than exact ablation of every unit."""
+    warnings.warn(
+        f"{cost}: more than exact ablation of every unit ({n_units + 1} forward passes for "
+        f"{n_units} units). For exact single-unit effects use captum_gndi.verify_top_k "
+        f"(exact interventions in order of a first-order screen); {alternative}.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def signed_effect(effect: Tensor, label: str = "layer") -> Tensor:

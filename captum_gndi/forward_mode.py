@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -49,6 +49,7 @@ def forward_effects(
     alphas: Sequence[float] = (1.0,),
     weights: Sequence[float] = (1.0,),
     tangent_chunk: int = TANGENT_CHUNK,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Tensor]:
     """G-NDI effects by forward-mode AD: ``sum_i w_i J(path_u(a_i)) 1[u] (h - b)`` per unit u.
 
@@ -66,6 +67,8 @@ def forward_effects(
         alphas: Integration points on [0, 1].
         weights: Integration weights, one per point.
         tangent_chunk: Tangents per vectorised pass; memory grows with it.
+        progress: Called with the passes done (one primal pass plus one per tangent) after
+            each vectorised pass.
 
     Returns:
         One tensor per layer, ``(K, N, *unit_shape)``.
@@ -89,10 +92,13 @@ def forward_effects(
     size = math.ceil(len(cells) / tangent_groups(len(job.layers), len(cells), tangent_chunk))
     if not shared:
         size = min(size, tangent_chunk)
-    columns = torch.cat(
-        [_group_jvps(job, units, cells[i : i + size], shared) for i in range(0, len(cells), size)]
-    )
-    return assemble(units, cells, columns)
+    columns = []
+    for start in range(0, len(cells), size):
+        group = cells[start : start + size]
+        columns.append(_group_jvps(job, units, group, shared))
+        if progress is not None:
+            progress(1 + len(group))
+    return assemble(units, cells, torch.cat(columns))
 
 
 def tangent_groups(n_layers: int, n_tangents: int, chunk: int) -> int:

@@ -74,6 +74,9 @@ class ScoringJob:
             head on ``(N, T, H, d)``).
         layer_masks: One ``layer_mask`` (or ``None``) per layer for ``"group"`` granularity.
         grad_kwargs: Extra keyword arguments for every ``torch.autograd.grad`` call.
+        input_path: For ``path="input"`` (EAP-IG): ``input_path(a)`` is a run of the model at
+            the point ``a`` of the input-space path from the input baselines to the inputs
+            (:mod:`captum_gndi.input_path`); ``None`` otherwise.
     """
 
     run: Callable[[], Tensor]
@@ -84,6 +87,7 @@ class ScoringJob:
     channel_dim: ChannelDim = 1
     layer_masks: Sequence[Tensor | None] | None = None
     grad_kwargs: dict[str, Any] | None = None
+    input_path: Callable[[float], Callable[[], Tensor]] | None = None
 
     def check_activation(self, position: int, h: Activation) -> None:
         """Raise a clear error for a non-float or non-finite activation."""

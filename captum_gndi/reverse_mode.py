@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +23,7 @@ from .job import (
     Cell,
     ScoringJob,
     assemble,
+    capture_activations,
     first_order,
     job_hooks,
     make_cells,
@@ -38,6 +39,7 @@ __all__ = [
     "VJP_CHUNK",
     "Graph",
     "graph_activations",
+    "input_path_effects",
     "record",
     "reverse_effects",
     "vjp_effects",
@@ -103,8 +105,13 @@ def vjp_effects(
     units: Sequence[UnitIndex],
     chunk: int,
     readout: Readout = EXACT,
+    reference: Tensor | None = None,
 ) -> list[Tensor]:
     """``sum <v_k . dy/dh, h - b>`` per unit, for every row ``v_k`` of the readout.
+
+    ``reference`` is the output the readout's rows are drawn from (the Fisher probes' softmax;
+    default: the graph's own output; the input path passes the clean output, so every point
+    of the path is projected on the same rows).
 
     Exact readouts use the unit rows (row k gives output column k); random probes use their
     ``n_probes`` rows (:mod:`captum_gndi.readouts`). The rows are processed ``chunk`` at a time;
@@ -115,6 +122,7 @@ def vjp_effects(
     docs/benchmarks.md.)
     """
     output = graph.output
+    reference = output.detach() if reference is None else reference
     readout = replace(readout, output_shape=getattr(job.run, "output_shape", None))
     k_total = readout.rows_count(output)
     _check_effect_memory(graph, units, k_total, job)
@@ -122,7 +130,7 @@ def vjp_effects(
     effects: list[Tensor | None] = [None] * len(graph.leaves)
     for start in range(0, k_total, chunk):
         stop = min(start + chunk, k_total)
-        grad_outputs = readout.rows(start, stop, output.detach())
+        grad_outputs = readout.rows(start, stop, reference)
         grads = iter(
             _batched_grad(output, flat_leaves, grad_outputs, stop < k_total, job.grad_kwargs)
         )
@@ -200,6 +208,7 @@ def reverse_effects(
     weights: Sequence[float] = (1.0,),
     vjp_chunk: int = VJP_CHUNK,
     readout: Readout = EXACT,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Tensor]:
     """G-NDI effects by reverse-mode AD (vector-Jacobian products).
 
@@ -215,6 +224,8 @@ def reverse_effects(
         weights: Integration weights, one per point.
         vjp_chunk: Output dimensions per VJP (see :data:`VJP_CHUNK`); memory grows with it.
         readout: The rows to project on (exact unit rows, or random probes).
+        progress: Called with the passes done (forward + backward) after each cell of path
+            integration.
 
     Returns:
         One tensor per layer, ``(K, N, *unit_shape)`` (``K = n_probes`` with probes).
@@ -233,7 +244,71 @@ def reverse_effects(
     for cell in cells:
         recorded = record(job, [cell.position], cell, units)
         columns.append(vjp_effects(recorded, job, [layer], vjp_chunk, readout)[0].T)  # (N, K)
+        if progress is not None:
+            progress(1 + columns[-1].shape[1])
     return assemble(units, cells, torch.stack(columns))
+
+
+def input_path_effects(
+    job: ScoringJob,
+    granularity: Granularity = "layer",
+    alphas: Sequence[float] = (1.0,),
+    weights: Sequence[float] = (1.0,),
+    vjp_chunk: int = VJP_CHUNK,
+    readout: Readout = EXACT,
+    progress: Callable[[int], None] | None = None,
+    captured: tuple[Tensor, list[Activation]] | None = None,
+) -> list[Tensor]:
+    """Effects along the input-space path (``path="input"``, EAP-IG): ``sum_i w_i J(x_{a_i})
+    1[u] (h(x) - b)`` per unit u, where ``x_a`` runs from the input baselines to the inputs.
+
+    Unlike :func:`reverse_effects`, the gradient at every point is taken with respect to every
+    unit of every layer at once and multiplied by the *clean* ``h(x) - b`` (one capture pass),
+    so the cost is one recorded pass and ``K`` VJPs per integration point, whatever the number
+    of units. With ``b`` the activation at the input baselines, the signed effects of a
+    complete cut of the model sum to the integrated-gradients decomposition of
+    ``f(x) - f(x_0)`` (they are not single-unit patching effects).
+
+    Args:
+        job: The batch, its intervention points and ``job.input_path`` (the run at each point).
+        granularity: ``"layer"``, ``"channel"``, ``"group"`` or ``"unit"``.
+        alphas: Integration points on [0, 1].
+        weights: Integration weights, one per point.
+        vjp_chunk: Output dimensions per VJP (see :data:`VJP_CHUNK`).
+        readout: The rows to project on, the same at every point (drawn from the clean
+            output).
+        progress: Called with the passes done after the capture and after each point.
+        captured: The clean output and activations (:func:`captum_gndi.job.capture_activations`)
+            if already captured.
+
+    Returns:
+        One tensor per layer, ``(K, N, *unit_shape)``.
+
+    Raises:
+        ValueError: If the job has no input path.
+
+    Examples:
+        >>> effects = input_path_effects(job, "channel", alphas, weights)  # (K, N, C) per layer
+    """
+    if job.input_path is None:
+        raise ValueError("path='input' needs a job with an input path (Captum's baselines).")
+    clean_output, activations = capture_activations(job) if captured is None else captured
+    deltas = [parts(job.delta(p, h)[1]) for p, h in enumerate(activations)]
+    units = [job.units(p, h, granularity) for p, h in enumerate(activations)]
+    if progress is not None:
+        progress(1)
+    total: list[Tensor] | None = None
+    for alpha, weight in zip(alphas, weights):
+        point = replace(job, run=job.input_path(alpha))
+        recorded = record(point, range(len(job.layers)))
+        graph = Graph(recorded.output, recorded.leaves, deltas)
+        effects = vjp_effects(graph, point, units, vjp_chunk, readout, clean_output)
+        del recorded, graph
+        weighted = [weight * e for e in effects]
+        total = weighted if total is None else [t + e for t, e in zip(total, weighted)]
+        if progress is not None:
+            progress(1 + effects[0].shape[0])
+    return total  # type: ignore[return-value]
 
 
 def graph_activations(graph: Graph) -> list[Activation]:

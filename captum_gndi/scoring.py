@@ -32,6 +32,7 @@ from .engine import (
     compute_effects,
     signed_effect,
 )
+from .input_path import Path, check_path, input_path
 from .padding import exclude_padding
 from .patching import (
     check_direction,
@@ -359,6 +360,8 @@ def compute_gndi(
     signed: bool | None = None,
     direction: str = "noising",
     metric: Callable[[Any, Tensor], Tensor] | None = None,
+    path: Path = "unit",
+    input_layer: nn.Module | str | None = None,
 ) -> GNDIResult:
     """G-NDI of every layer, averaged over a data set.
 
@@ -414,6 +417,14 @@ def compute_gndi(
             example (``(N,)`` or ``(N, 1)``); the metric model is then ``metric(model(ids),
             answers)`` (:class:`~captum_gndi.patching.PatchingMetric`).
 
+        path: Which path ``n_steps > 1`` integrates along: ``"unit"`` (each unit on its own
+            path; ``units x n_steps`` passes) or ``"input"`` (EAP-IG: one path from the
+            corrupted to the clean prompt through the input embeddings, ``n_steps`` forward
+            and backward passes for all units; patching data only, see
+            :meth:`LayerGNDI.attribute`). A progress bar counts the passes of either path.
+        input_layer: For ``path="input"``: the module whose output is interpolated (default:
+            the model's input embeddings).
+
     Returns:
         A :class:`GNDIResult` with per-layer mean, standard error and ranking. Under
         ``torch.distributed`` every rank returns the same global result (a
@@ -456,6 +467,14 @@ def compute_gndi(
     names, specs = list(named), list(named.values())
     device = resolve_device(model, device)
     check_data_target(target)
+    check_path(path)
+    if path == "input" and not patching:
+        raise ValueError(
+            "path='input' integrates from input-space baselines to the inputs; compute_gndi "
+            "takes them from patching data (a PatchingTask or a loader of (clean, corrupted, "
+            "answers) batches). For other inputs use LayerGNDI.attribute(inputs, "
+            "baselines=..., path='input'), or path='unit' here."
+        )
     if patching:
         baselines: list[LayerBaseline] = []
     else:
@@ -482,6 +501,10 @@ def compute_gndi(
                 job = patching_job(
                     model, run, specs, names, attribute_to_layer_input, channel_dim, masks
                 )
+                if path == "input" and n_steps > 1:
+                    job.input_path = input_path(
+                        model, (run.inputs,), (run.source,), (run.answers,), None, input_layer
+                    )
                 yield index, job
             return
         for index, (inputs, labels) in enumerate(
@@ -504,7 +527,17 @@ def compute_gndi(
 
     for index, job in jobs():
         readout.seed = probe_seed + index
-        effects, used = compute_effects(job, mode, granularity, alphas, weights, readout=readout)
+        effects, used = compute_effects(
+            job,
+            mode,
+            granularity,
+            alphas,
+            weights,
+            readout=readout,
+            path=path,
+            progress=progress,
+            warn_cost=index == 0,
+        )
         used_modes.add(used)
         mode = used  # decide (and warn about a fallback) once, not on every batch
         reference = None
@@ -539,6 +572,8 @@ def compute_gndi(
     }
     if n_probes is not None:
         settings["n_probes"] = n_probes
+    if path != "unit":
+        settings["path"] = path
     if signed:
         settings["signed"] = True
     if patching:
