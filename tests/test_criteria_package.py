@@ -16,6 +16,7 @@ from captum_gndi import criteria
 from captum_gndi.criteria import (
     CONTROL_CRITERIA,
     CRITERIA,
+    CriterionSettings,
     available_criteria,
     build_context,
     channel_scores,
@@ -48,7 +49,12 @@ def test_registry_lists_every_criterion_in_order_with_a_description():
 def test_context_is_built_from_keywords_with_defaults(setup):
     model, loader = setup
     ctx = build_context(model, loader, ["0", "2"], progress=False)
-    assert (ctx.n_steps, ctx.n_random, ctx.method, ctx.target) == (
+    assert (
+        ctx.settings.n_steps,
+        ctx.settings.n_random,
+        ctx.settings.method,
+        ctx.settings.target,
+    ) == (  # fmt: skip
         16,
         10,
         "gausslegendre",
@@ -64,6 +70,48 @@ def test_context_is_built_from_keywords_with_defaults(setup):
     results = dict(score_each(ctx, ["depth", "param_count"]))
     assert results["depth"][0].tolist() == [1.0, 0.0]
     assert results["param_count"][0].tolist() == [25.0, 18.0]
+
+
+def test_settings_object_is_the_one_place_of_the_options(setup):
+    model, loader = setup
+    settings = CriterionSettings(granularity="channel", n_steps=4, seed=3, n_random=2)
+    by_object, rows = score_criteria(model, loader, ["1"], ["gndi_path", "random"],
+                                     settings=settings, progress=False)  # fmt: skip
+    by_keywords, same_rows = score_criteria(model, loader, ["1"], ["gndi_path", "random"],
+                                            granularity="channel", n_steps=4, seed=3,
+                                            n_random=2, progress=False)  # fmt: skip
+    assert by_object["gndi_path"].shape == (5,) and by_object["random"].shape == (2, 5)
+    for name in by_object:
+        assert np.array_equal(by_object[name], by_keywords[name])
+    assert np.array_equal(rows["gndi_path"], same_rows["gndi_path"])
+    ctx = build_context(model, loader, ["1"], settings=settings, n_steps=8, progress=False)
+    assert (ctx.settings.n_steps, ctx.settings.seed, settings.n_steps) == (8, 3, 4)
+    assert ctx.settings.device == torch.device("cpu") and settings.device is None
+    with pytest.raises(TypeError, match="n_step.*the options are"):
+        build_context(model, loader, ["1"], n_step=8)
+    with pytest.raises(ValueError, match="integration|method|rule"):
+        CriterionSettings(method="simpson")
+    with pytest.raises(AttributeError):
+        settings.n_steps = 2  # type: ignore[misc]
+
+
+def test_batches_carry_their_own_mask_rows():
+    # a per-example mask over batches of 4 and 3: each batch sums over its own rows, also when
+    # the batches are used after the loop (no per-batch state on the shared context)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).eval()
+    x = torch.randn(7, 3)
+    data = [(x[:4], torch.zeros(4, dtype=torch.long)), (x[4:], torch.zeros(3, dtype=torch.long))]
+    mask = torch.randint(0, 3, (7, 6))
+    mask[:, :3] = torch.tensor([0, 1, 2])
+    ctx = build_context(model, data, ["1"], layer_mask=mask, progress=False)
+    batches = list(ctx.batches("test"))
+    assert [b.inputs[0].shape[0] for b in batches] == [4, 3]
+    rows = [ctx.sums(b, "1", torch.ones(len(b.inputs[0]), 6), [0, 1, 2]) for b in batches]
+    counts = torch.stack([(mask == g).sum(1) for g in range(3)], 1).float()
+    torch.testing.assert_close(torch.cat(rows), counts)
+    first_masks, _ = ctx.engine_masks(batches[0])
+    assert torch.equal(first_masks[0], mask[:4])
 
 
 def test_old_keywords_warn_and_give_the_same_numbers(setup):

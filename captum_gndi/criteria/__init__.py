@@ -42,7 +42,8 @@ At group granularity (``layer_mask``, Captum's ``LayerFeatureAblation`` semantic
 ``||1[M = g] (h - b)||_2`` and the other per-element criteria sum over the group. The weight-based
 criteria, ``hrank`` and ``param_count`` raise :class:`UndefinedCriterion` there.
 
-The modules: :mod:`~captum_gndi.criteria.context` (the context, the protocol and the shared
+The modules: :mod:`~captum_gndi.criteria.settings` (the options, once),
+:mod:`~captum_gndi.criteria.context` (the context, its batches, the protocol and the shared
 helpers), :mod:`~captum_gndi.criteria.activation` (G-NDI and activation-based),
 :mod:`~captum_gndi.criteria.attribution` (Captum-based), :mod:`~captum_gndi.criteria.weights`
 (weight-based, and which weights feed a unit), :mod:`~captum_gndi.criteria.groups` (masks over a
@@ -56,6 +57,7 @@ network without normalisation): the raw values are returned unchanged, and the s
 
 from .context import (
     Criterion,
+    CriterionBatch,
     CriterionContext,
     CriterionResult,
     UndefinedCriterion,
@@ -70,14 +72,17 @@ from .registry import (
     score_criteria,
     score_each,
 )
+from .settings import CriterionSettings
 from .weights import unit_parameters
 
 __all__ = [
     "CONTROL_CRITERIA",
     "CRITERIA",
     "Criterion",
+    "CriterionBatch",
     "CriterionContext",
     "CriterionResult",
+    "CriterionSettings",
     "UndefinedCriterion",
     "available_criteria",
     "build_context",

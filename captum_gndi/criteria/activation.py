@@ -21,6 +21,7 @@ from ..engine import compute_effects, effect_norms
 from ..interventions import intervene
 from ..units import unit_index
 from .context import (
+    CriterionBatch,
     CriterionContext,
     CriterionResult,
     PerLayer,
@@ -50,17 +51,17 @@ def _gndi_scores(
     channel_masks: list[Tensor] | None = None
     positions: dict[str, dict[int, int]] = {}
 
-    def batch_fn(inputs: tuple[Tensor, ...], _labels: Tensor | None) -> PerLayer:
+    def batch_fn(batch: CriterionBatch) -> PerLayer:
         nonlocal channel_masks
         present: list[Tensor | None] = [None] * len(ctx.layer_names)
         masks: list[Tensor] | None = None
         if granularity == "group":
-            masks, present = ctx.engine_masks()
+            masks, present = ctx.engine_masks(batch)
         elif granularity == "channel" and only_scored:
             if channel_masks is None:
-                channel_masks = _scored_channel_masks(ctx, inputs, positions)
+                channel_masks = _scored_channel_masks(ctx, batch.inputs, positions)
             masks = channel_masks or None
-        job = ctx.scoring_job(inputs, masks)
+        job = ctx.scoring_job(batch.inputs, masks)
         effects, _ = compute_effects(
             job, "auto", "group" if masks else granularity, alphas, weights
         )
@@ -93,7 +94,7 @@ def _scored_channel_masks(
     masks, partial = [], False
     for name in ctx.layer_names:
         h = acts[name]
-        index = unit_index("channel", h.shape, name, ctx.channel_dim, device=h.device)
+        index = unit_index("channel", h.shape, name, ctx.settings.channel_dim, device=h.device)
         scored = sorted({int(c) for c in ctx.columns(name)[1]})  # type: ignore[arg-type]
         remap = torch.full((index.n_groups,), len(scored), dtype=torch.long, device=h.device)
         remap[torch.as_tensor(scored, device=h.device)] = torch.arange(len(scored), device=h.device)
@@ -132,7 +133,7 @@ def gndi_path(ctx: CriterionContext) -> CriterionResult:
     intervention effect ``|| f(x) - f(x; do(h := b)) ||_2`` as ``n_steps`` grows (for a unit).
 
     Args:
-        ctx: The context; ``ctx.n_steps`` and ``ctx.method`` give the path points.
+        ctx: The context; ``ctx.settings.n_steps`` and ``ctx.settings.method`` give the path points.
 
     Returns:
         ``(scores (U,), per-example scores (N, U))``.
@@ -140,8 +141,8 @@ def gndi_path(ctx: CriterionContext) -> CriterionResult:
     Examples:
         >>> scores, _ = gndi_path(build_context(model, loader, ["0"], n_steps=32))
     """
-    alphas, weights = integration_points(ctx.n_steps, ctx.method)
-    return _gndi_scores(ctx, alphas, weights, f"G-NDI path ({ctx.n_steps} steps)", True)
+    alphas, weights = integration_points(ctx.settings.n_steps, ctx.settings.method)
+    return _gndi_scores(ctx, alphas, weights, f"G-NDI path ({ctx.settings.n_steps} steps)", True)
 
 
 def activation_change(ctx: CriterionContext) -> CriterionResult:
@@ -157,13 +158,13 @@ def activation_change(ctx: CriterionContext) -> CriterionResult:
         >>> scores, _ = activation_change(build_context(model, loader, ["0"], baseline="mean"))
     """
 
-    def batch_fn(inputs: tuple[Tensor, ...], _labels: Tensor | None) -> PerLayer:
-        acts = ctx.activations(inputs)
+    def batch_fn(batch: CriterionBatch) -> PerLayer:
+        acts = ctx.activations(batch.inputs)
 
         def per_layer(name: str, channels: list[int | None]) -> Tensor:
             h = acts[name]
             delta = h - resolve_layer_baseline(ctx.baselines[name], h, name)
-            return ctx.sums(name, delta.double().pow(2), channels).sqrt()
+            return ctx.sums(batch, name, delta.double().pow(2), channels).sqrt()
 
         return per_layer
 
@@ -191,12 +192,12 @@ def hrank(ctx: CriterionContext) -> CriterionResult:
     """
     ctx.no_groups("hrank", "the rank of a group of elements is not that of (H, W) feature maps")
 
-    def batch_fn(inputs: tuple[Tensor, ...], _labels: Tensor | None) -> PerLayer:
-        acts = ctx.activations(inputs)
+    def batch_fn(batch: CriterionBatch) -> PerLayer:
+        acts = ctx.activations(batch.inputs)
 
         def per_layer(name: str, channels: list[int | None]) -> Tensor:
             h = acts[name]
-            if h.dim() != 4 or ctx.channel_dim not in (1, -3):
+            if h.dim() != 4 or ctx.settings.channel_dim not in (1, -3):
                 raise UndefinedCriterion(
                     f"hrank needs (N, C, H, W) feature maps; layer '{name}' gives shape "
                     f"{tuple(h.shape)}, whose rank is undefined (HRank is a CNN criterion)."
@@ -250,8 +251,9 @@ def taylor(ctx: CriterionContext) -> CriterionResult:
         >>> scores, _ = taylor(build_context(model, loader, ["conv1"], granularity="channel"))
     """
 
-    def batch_fn(inputs: tuple[Tensor, ...], labels: Tensor | None) -> PerLayer:
-        acts, grads = _activation_gradients(ctx, inputs, ctx.loss_labels(inputs, labels, "taylor"))
-        return lambda name, ch: ctx.sums(name, acts[name] * grads[name], ch).abs()
+    def batch_fn(batch: CriterionBatch) -> PerLayer:
+        labels = ctx.loss_labels(batch.inputs, batch.labels, "taylor")
+        acts, grads = _activation_gradients(ctx, batch.inputs, labels)
+        return lambda name, ch: ctx.sums(batch, name, acts[name] * grads[name], ch).abs()
 
     return per_example_scores(ctx, "Taylor", batch_fn)

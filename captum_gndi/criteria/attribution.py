@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..baselines import resolve_layer_baseline
 from .context import (
+    CriterionBatch,
     CriterionContext,
     CriterionResult,
     PerLayer,
@@ -46,16 +47,16 @@ def grad_x_activation(ctx: CriterionContext) -> CriterionResult:
     modules = ctx.modules("grad_x_activation")
     method = LayerGradientXActivation(ctx.model, modules, multiply_by_inputs=False)
 
-    def batch_fn(inputs: tuple[Tensor, ...], labels: Tensor | None) -> PerLayer:
-        target = ctx.captum_target(inputs, labels, "grad_x_activation")
-        grads = method.attribute(inputs, target=target)
-        acts = ctx.activations(inputs)
+    def batch_fn(batch: CriterionBatch) -> PerLayer:
+        target = ctx.captum_target(batch.inputs, batch.labels, "grad_x_activation")
+        grads = method.attribute(batch.inputs, target=target)
+        acts = ctx.activations(batch.inputs)
 
         def per_layer(name: str, channels: list[int | None]) -> Tensor:
             h = acts[name]
             delta = h - resolve_layer_baseline(ctx.baselines[name], h, name)
             grad = first_tensor(grads[ctx.layer_names.index(name)])
-            return ctx.sums(name, grad.detach() * delta, channels).abs()
+            return ctx.sums(batch, name, grad.detach() * delta, channels).abs()
 
         return per_layer
 
@@ -67,21 +68,22 @@ def _captum_path(
 ) -> CriterionResult:
     modules = ctx.modules(label)
 
-    def batch_fn(inputs: tuple[Tensor, ...], labels: Tensor | None) -> PerLayer:
+    def batch_fn(batch: CriterionBatch) -> PerLayer:
+        inputs = batch.inputs
         check_float_inputs(inputs, label)
-        target = ctx.captum_target(inputs, labels, label)
+        target = ctx.captum_target(inputs, batch.labels, label)
 
         def per_layer(name: str, channels: list[int | None]) -> Tensor:
             module = modules[ctx.layer_names.index(name)]
             attribution = method_cls(ctx.model, module).attribute(
                 inputs,
                 target=target,
-                n_steps=ctx.n_steps,
-                method=rule or ctx.method,
+                n_steps=ctx.settings.n_steps,
+                method=rule or ctx.settings.method,
                 internal_batch_size=inputs[0].shape[0],  # one path point per pass
             )
             attribution = first_tensor(attribution).detach()
-            return ctx.sums(name, attribution, channels).abs()
+            return ctx.sums(batch, name, attribution, channels).abs()
 
         return per_layer
 

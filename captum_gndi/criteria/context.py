@@ -2,11 +2,13 @@
 
 A criterion is a small function ``criterion(ctx) -> (scores, per_example)`` (the
 :class:`Criterion` protocol). Its :class:`CriterionContext` holds the model, the data, the
-resolved layers, the units to score, one layer baseline per layer and the settings
-(target, integration points, seeds, device, ...); :func:`build_context` builds it from keyword
-arguments with defaults and checks them once. The helpers here (:func:`per_example_scores`,
-:func:`unit_sums`, ...) turn per-layer tensors into the ``(N, U)`` per-example matrix every
-per-example criterion returns.
+resolved layers, the units to score, one layer baseline per layer and the
+:class:`~captum_gndi.criteria.settings.CriterionSettings` (target, integration points, seeds,
+device, ...); :func:`build_context` builds it once, from a settings object or from keyword
+arguments. :meth:`CriterionContext.batches` yields :class:`CriterionBatch` objects that carry
+their own rows of every ``layer_mask``, so nothing on the shared context changes from batch to
+batch. The helpers here (:func:`per_example_scores`, :func:`unit_sums`, ...) turn per-layer
+tensors into the ``(N, U)`` per-example matrix every per-example criterion returns.
 
 This module reads data only through :mod:`captum_gndi.runs` and builds scoring jobs for
 :mod:`captum_gndi.engine`.
@@ -14,23 +16,22 @@ This module reads data only through :mod:`captum_gndi.runs` and builds scoring j
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._captum_compat import integration_points
 from ..baselines import LayerBaseline
 from ..engine import ScoringJob, capture_activations
 from ..interventions import LayerCall, LayerSpec
+from ..interventions.selection import Unit, group_masks, select_units
 from ..runs import (
-    DataTarget,
     Layers,
     batch_target,
-    check_data_target,
     iterate_batches,
     make_runner,
     resolve_device,
@@ -38,13 +39,12 @@ from ..runs import (
     warn_if_training,
 )
 from ..scoring import layer_baselines
-from .groups import LayerMask, batch_mask, check_mask_rows, compact_mask, group_sums
-
-if TYPE_CHECKING:
-    from ..validation.ablation import Unit
+from .groups import batch_mask, check_mask_rows, compact_mask, group_sums
+from .settings import CriterionSettings
 
 __all__ = [
     "Criterion",
+    "CriterionBatch",
     "CriterionContext",
     "CriterionResult",
     "PerLayer",
@@ -65,6 +65,21 @@ class UndefinedCriterion(ValueError):
     """A criterion that is undefined for this model, layer or data (the message says why)."""
 
 
+@dataclass(frozen=True)
+class CriterionBatch:
+    """One batch as :meth:`CriterionContext.batches` yields it, with its rows of every mask.
+
+    Attributes:
+        inputs: The batch's inputs, on the context's device.
+        labels: Its labels, or ``None``.
+        masks: Layer name -> this batch's rows of the layer's ``layer_mask`` (group units only).
+    """
+
+    inputs: tuple[Tensor, ...]
+    labels: Tensor | None
+    masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+
 @dataclass
 class CriterionContext:
     """Everything a criterion reads: the model, the data, the units and the settings.
@@ -78,21 +93,11 @@ class CriterionContext:
         named: Layer name -> intervention point.
         units: The units to score (whole layers or channels), in forward order.
         baselines: Layer name -> layer baseline (``do(h := b)``).
-        target: Output of the loss- and logit-based criteria (a
-            :data:`~captum_gndi.runs.DataTarget`).
-        n_steps: Integration points of the path-integrated criteria.
-        method: Captum's integration rule of those (``"gausslegendre"``, ...).
-        seed: Seed of ``random``.
-        n_random: Rows (seeds) of ``random``.
-        channel_dim: Activation dimension holding channels.
-        device: Where to run.
-        progress: Show progress bars.
-        max_batches: Use at most this many batches.
+        settings: The options (target, ``n_steps``, ``method``, seeds, ``channel_dim``,
+            progress, batch limit), with ``device`` resolved to a ``torch.device``.
         layer_masks: Layer name -> its data-set ``layer_mask`` (as many dimensions as the
             activation; batch dimension 1 or one row per example) for group units.
         n_groups: Layer name -> its number of groups G.
-        batch_masks: The current batch's rows of every mask, set by :meth:`batches` before it
-            yields a batch.
     """
 
     model: nn.Module
@@ -100,18 +105,9 @@ class CriterionContext:
     named: dict[str, LayerSpec]
     units: list[Unit]
     baselines: dict[str, LayerBaseline]
-    target: DataTarget
-    n_steps: int
-    method: str
-    seed: int
-    n_random: int
-    channel_dim: int
-    device: torch.device
-    progress: bool
-    max_batches: int | None
+    settings: CriterionSettings
     layer_masks: dict[str, Tensor] = field(default_factory=dict)
     n_groups: dict[str, int] = field(default_factory=dict)
-    batch_masks: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def channel_level(self) -> bool:
@@ -153,39 +149,41 @@ class CriterionContext:
         ]
         return [i for i, _ in picked], [c for _, c in picked]
 
-    def batches(self, what: str) -> Iterator[tuple[tuple[Tensor, ...], Tensor | None]]:
+    def batches(self, what: str) -> Iterator[CriterionBatch]:
         """This rank's batches on the device, labelled ``what`` in the progress bar.
 
-        Before yielding a batch, sets :attr:`batch_masks` to the batch's rows of every
-        ``layer_mask``; after the last, checks that per-example masks had one row per example.
+        Each :class:`CriterionBatch` carries its rows of every ``layer_mask``; after the last
+        batch, checks that per-example masks had one row per example.
         """
+        s = self.settings
         offset = 0
-        for inputs, labels in iterate_batches(
-            self.data, self.device, self.max_batches, self.progress, what
-        ):
+        for inputs, labels in iterate_batches(self.data, s.device, s.max_batches, s.progress, what):
             n = inputs[0].shape[0]
-            self.batch_masks = {
+            masks = {
                 name: batch_mask(mask, offset, n, name) for name, mask in self.layer_masks.items()
             }
-            yield inputs, labels
+            yield CriterionBatch(inputs, labels, masks)
             offset += n
         check_mask_rows(self.layer_masks, offset)
 
-    def sums(self, layer: str, values: Tensor, keys: Sequence[int | None]) -> Tensor:
+    def sums(
+        self, batch: CriterionBatch, layer: str, values: Tensor, keys: Sequence[int | None]
+    ) -> Tensor:
         """Sum per-example ``values`` (shaped like the layer's activation) over every unit.
 
         Args:
+            batch: The batch ``values`` come from (its rows of the layer's mask are used).
             layer: The layer's name.
-            values: ``(n, *shape)`` values of the current batch.
+            values: ``(n, *shape)`` values of that batch.
             keys: The units' channels, or group ids (as :meth:`columns` gives them).
 
         Returns:
             ``(n, len(keys))`` sums over the whole layer, one channel or one group.
         """
         if layer in self.layer_masks:
-            mask = self.batch_masks[layer]
+            mask = batch.masks[layer]
             return group_sums(values, mask, [int(k) for k in keys], self.n_groups[layer])
-        return unit_sums(values, keys, self.channel_dim)
+        return unit_sums(values, keys, self.settings.channel_dim)
 
     def scoring_job(
         self, inputs: tuple[Tensor, ...], layer_masks: Sequence[Tensor | None] | None = None
@@ -205,19 +203,22 @@ class CriterionContext:
             layers=[self.named[n] for n in names],
             labels=names,
             baselines=[self.baselines[n] for n in names],
-            channel_dim=self.channel_dim,
+            channel_dim=self.settings.channel_dim,
             layer_masks=layer_masks,
         )
 
-    def engine_masks(self) -> tuple[list[Tensor], list[Tensor | None]]:
-        """The current batch's masks as the engine wants them (every group id present).
+    def engine_masks(self, batch: CriterionBatch) -> tuple[list[Tensor], list[Tensor | None]]:
+        """The batch's masks as the engine wants them (every group id present).
+
+        Args:
+            batch: The batch.
 
         Returns:
             ``(masks, present)`` per scored layer: the (renumbered) mask, and the group ids it
             holds (``None`` when all are there; see
             :func:`~captum_gndi.criteria.groups.compact_mask`).
         """
-        compacted = [compact_mask(self.batch_masks[n], self.n_groups[n]) for n in self.layer_names]
+        compacted = [compact_mask(batch.masks[n], self.n_groups[n]) for n in self.layer_names]
         return [m for m, _ in compacted], [p for _, p in compacted]
 
     def activations(self, inputs: tuple[Tensor, ...]) -> dict[str, Tensor]:
@@ -238,12 +239,13 @@ class CriterionContext:
         self, inputs: tuple[Tensor, ...], labels: Tensor | None, criterion: str, what: str
     ) -> Tensor | int:
         """The batch's target classes, or :class:`UndefinedCriterion` when there are none."""
-        if self.target is None or (self.target == "label" and labels is None):
+        target = self.settings.target
+        if target is None or (target == "label" and labels is None):
             raise UndefinedCriterion(
                 f"{criterion} {what}, so it needs labelled data and target='label' (or "
                 "'predicted' / a class index); it is undefined for embedding models."
             )
-        return batch_target(self.model, inputs, labels, self.target)
+        return batch_target(self.model, inputs, labels, target)
 
     def loss_labels(
         self, inputs: tuple[Tensor, ...], labels: Tensor | None, criterion: str
@@ -281,20 +283,9 @@ def build_context(
     data: Iterable[Any],
     layers: Layers,
     *,
-    granularity: str = "layer",
-    baseline: str | float | Mapping[str, LayerBaseline] = "zero",
-    target: DataTarget = "label",
+    settings: CriterionSettings | None = None,
     units: Sequence[Unit] | None = None,
-    n_channels: int | None = None,
-    seed: int = 0,
-    n_random: int = 10,
-    n_steps: int = 16,
-    method: str = "gausslegendre",
-    channel_dim: int = 1,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    max_batches: int | None = None,
-    layer_mask: LayerMask | None = None,
+    **options: Any,
 ) -> CriterionContext:
     """Resolve layers, units and baselines and check the settings, once for all criteria.
 
@@ -302,24 +293,14 @@ def build_context(
         model: The model (in eval mode: a warning otherwise).
         data: A DataLoader (or re-iterable) of ``(inputs, labels)`` or unlabelled inputs.
         layers: Dict name -> module or dotted names.
-        granularity: ``"layer"``, ``"channel"`` or ``"group"`` (ignored when ``units`` is
-            given; ``"group"`` is implied by ``layer_mask``).
-        baseline: ``"zero"``, ``"mean"``, a number, or a dict name -> layer baseline.
-        target: ``"label"``, ``"predicted"``, a class index, or ``None``.
-        units: Precomputed units (default: :func:`~captum_gndi.validation.select_units`).
-        n_channels: Random sample size of channels (see
-            :func:`~captum_gndi.validation.select_units`).
-        seed: Seed of the channel sample and of ``random``.
-        n_random: Seeds of the ``random`` control.
-        n_steps: Integration points of the path-integrated criteria.
-        method: Captum integration rule of those.
-        channel_dim: Activation dimension holding channels.
-        device: Where to run (default: the model's device).
-        progress: Show progress bars.
-        max_batches: Use at most this many batches.
-        layer_mask: Groups with Captum's ``LayerFeatureAblation`` semantics (one mask for every
-            layer or a dict name -> mask; see :mod:`captum_gndi.criteria.groups`); needed for
-            group units.
+        settings: The options (default: :class:`CriterionSettings` defaults).
+        units: Precomputed units (default:
+            :func:`~captum_gndi.interventions.selection.select_units` with the settings'
+            ``granularity``, ``n_channels``, ``seed``, ``channel_dim`` and ``layer_mask``).
+        **options: Fields of :class:`CriterionSettings` (``granularity``, ``baseline``,
+            ``target``, ``n_channels``, ``seed``, ``n_random``, ``n_steps``, ``method``,
+            ``channel_dim``, ``device``, ``progress``, ``max_batches``, ``layer_mask``), replacing
+            those of ``settings``.
 
     Returns:
         The :class:`CriterionContext`.
@@ -328,43 +309,32 @@ def build_context(
         ValueError: For ``n_steps`` or ``n_random`` below 1, an unknown target or integration
             rule, layers that are not in the model, group units without a ``layer_mask``, or a
             mask the engine rejects.
+        TypeError: For an unknown option.
 
     Examples:
         >>> ctx = build_context(model, loader, ["0", "2"], granularity="channel")
         >>> [u.name for u in ctx.units][:2]
         ['0[0]', '0[1]']
     """
+    s = CriterionSettings.from_options(settings, **options)
     warn_if_training(model)
     named = resolve_layers(model, layers)
-    device = resolve_device(model, device)
-    # validation imports this package, so its unit selection is imported when needed
-    from ..validation.ablation import group_masks, select_units
-
+    device = resolve_device(model, s.device)
     if units is None:
         units = select_units(
-            model, data, named, granularity, n_channels, seed, channel_dim, device, layer_mask
-        )
+            model, data, named, s.granularity, s.n_channels, s.seed, s.channel_dim, device,
+            s.layer_mask,
+        )  # fmt: skip
     units = list(units)
-    masks, n_groups = group_masks(model, data, named, units, layer_mask, device)
-    if n_steps < 1 or n_random < 1:
-        raise ValueError(f"n_steps and n_random must be >= 1, got {n_steps} and {n_random}.")
-    check_data_target(target)
-    integration_points(n_steps, method)  # validates the rule's name
+    masks, n_groups = group_masks(model, data, named, units, s.layer_mask, device)
+    baselines = layer_baselines(model, data, named, s.baseline, device, s.progress, s.max_batches)
     return CriterionContext(
         model=model,
         data=data,
         named=named,
         units=units,
-        baselines=layer_baselines(model, data, named, baseline, device, progress, max_batches),
-        target=target,
-        n_steps=n_steps,
-        method=method,
-        seed=seed,
-        n_random=n_random,
-        channel_dim=channel_dim,
-        device=device,
-        progress=progress,
-        max_batches=max_batches,
+        baselines=baselines,
+        settings=dataclasses.replace(s, device=device),
         layer_masks=masks,
         n_groups=n_groups,
     )
@@ -449,28 +419,28 @@ def check_float_inputs(inputs: tuple[Tensor, ...], criterion: str) -> None:
 def per_example_scores(
     ctx: CriterionContext,
     what: str,
-    batch_fn: Callable[[tuple[Tensor, ...], Tensor | None], PerLayer],
+    batch_fn: Callable[[CriterionBatch], PerLayer],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-example scores ``(N, U)`` over all batches, and their mean over examples.
 
     Args:
         ctx: The context.
         what: The progress bar's label.
-        batch_fn: ``batch_fn(inputs, labels)`` does the batch's shared work and returns the
-            function that scores the units of one layer.
+        batch_fn: ``batch_fn(batch)`` does the batch's shared work and returns the function
+            that scores the units of one layer.
 
     Returns:
         ``(mean over examples (U,), per-example scores (N, U))``, float64.
 
     Examples:
-        >>> def batch_fn(inputs, labels):
-        ...     return lambda name, channels: torch.ones(len(inputs[0]), len(channels))
+        >>> def batch_fn(batch):
+        ...     return lambda name, channels: torch.ones(len(batch.inputs[0]), len(channels))
         >>> mean, rows = per_example_scores(ctx, "ones", batch_fn)
     """
     rows = []
-    for inputs, labels in ctx.batches(what):
-        per_layer = batch_fn(inputs, labels)
-        out = torch.zeros(inputs[0].shape[0], len(ctx.units), dtype=torch.float64)
+    for batch in ctx.batches(what):
+        per_layer = batch_fn(batch)
+        out = torch.zeros(batch.inputs[0].shape[0], len(ctx.units), dtype=torch.float64)
         for name in ctx.layer_names:
             columns, channels = ctx.columns(name)
             out[:, columns] = per_layer(name, channels).detach().double().cpu()

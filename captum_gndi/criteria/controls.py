@@ -60,7 +60,7 @@ def random(ctx: CriterionContext) -> CriterionResult:
     """Control: uniform random scores, ``n_random`` rows (seeds ``seed``, ``seed + 1``, ...).
 
     Args:
-        ctx: The context; ``ctx.seed`` and ``ctx.n_random`` give the seeds.
+        ctx: The context; ``ctx.settings.seed`` and ``ctx.settings.n_random`` give the seeds.
 
     Returns:
         ``(scores (n_random, U), None)``.
@@ -69,5 +69,8 @@ def random(ctx: CriterionContext) -> CriterionResult:
         >>> random(build_context(model, loader, ["0", "2"], n_random=3))[0].shape
         (3, 2)
     """
-    rows = [np.random.default_rng(ctx.seed + s).random(len(ctx.units)) for s in range(ctx.n_random)]
+    rows = [
+        np.random.default_rng(ctx.settings.seed + s).random(len(ctx.units))
+        for s in range(ctx.settings.n_random)
+    ]
     return np.stack(rows), None

@@ -12,23 +12,21 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..baselines import LayerBaseline
+from ..interventions.selection import Unit
 from ..runs import DataTarget, Layers
 from .activation import activation_change, gndi, gndi_path, hrank, taylor
 from .attribution import grad_x_activation, layer_conductance, layer_integrated_gradients
 from .context import Criterion, CriterionContext, CriterionResult, UndefinedCriterion, build_context
 from .controls import depth, param_count, random
-from .groups import LayerMask
+from .settings import CriterionSettings
 from .weights import grasp, magnitude, snip, synflow
-
-if TYPE_CHECKING:
-    from ..validation.ablation import Unit
 
 __all__ = [
     "CRITERIA",
@@ -155,22 +153,12 @@ def score_criteria(
     data: Iterable[Any],
     layers: Layers,
     criteria: Sequence[str] | str | None = None,
-    granularity: str = "layer",
-    baseline: str | float | Mapping[str, LayerBaseline] = "zero",
-    target: DataTarget = "label",
+    *,
+    settings: CriterionSettings | None = None,
     units: Sequence[Unit] | None = None,
-    n_channels: int | None = None,
-    seed: int = 0,
-    n_random: int = 10,
-    n_steps: int = 16,
-    method: str = "gausslegendre",
-    channel_dim: int = 1,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    max_batches: int | None = None,
     skip_undefined: bool = False,
-    layer_mask: LayerMask | None = None,
     integration: str | None = None,
+    **options: Any,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Score every unit of ``layers`` with several importance criteria.
 
@@ -180,31 +168,22 @@ def score_criteria(
         layers: Dict name -> module (e.g. ``captum_gndi.adapters.find_layers``) or dotted names.
         criteria: Names among :func:`available_criteria` (``None``: all). The old keyword
             ``methods=`` is accepted with a ``DeprecationWarning``.
-        granularity: ``"layer"``, ``"channel"`` or ``"group"`` (ignored when ``units`` is
-            given; ``"group"`` is implied by ``layer_mask``).
-        baseline: ``"zero"``, ``"mean"``, a number, or a dict name -> layer baseline; used by
-            G-NDI, gradient x activation and activation change.
-        target: Output used by loss- and logit-based criteria: ``"label"``, ``"predicted"``, a
-            class index, or ``None`` (embedding models: those criteria are then undefined).
-            G-NDI always takes the norm over the whole output.
+        settings: The options (default: :class:`~captum_gndi.criteria.CriterionSettings`
+            defaults).
         units: Precomputed units (e.g. the ones :func:`~captum_gndi.validation.ablate` used).
-        n_channels: Random sample size of channels (see
-            :func:`~captum_gndi.validation.select_units`).
-        seed: Seed of the channel sample and of ``random``.
-        n_random: Seeds of the ``random`` control (one row each).
-        n_steps: Integration points of ``gndi_path``, ``layer_conductance`` and
-            ``layer_integrated_gradients``.
-        method: Captum integration rule for those (``"gausslegendre"``, ...).
-        channel_dim: Activation dimension holding channels.
-        device: Where to run (default: the model's device).
-        progress: Show progress bars.
-        max_batches: Use at most this many batches.
         skip_undefined: Skip criteria undefined for this model (warning with the reason)
             instead of raising :class:`~captum_gndi.criteria.UndefinedCriterion`.
         integration: Deprecated spelling of ``method``.
-        layer_mask: Groups as units (Captum's ``LayerFeatureAblation`` semantics; one mask for
-            every layer or a dict name -> mask, see :mod:`captum_gndi.criteria.groups`); needed
-            for group units.
+        **options: Fields of :class:`~captum_gndi.criteria.CriterionSettings`, replacing those
+            of ``settings``: ``granularity`` (``"layer"``, ``"channel"`` or ``"group"``, implied
+            by ``layer_mask``), ``baseline`` (``"zero"``, ``"mean"``, a number or a dict; used
+            by G-NDI, gradient x activation and activation change), ``target`` (``"label"``,
+            ``"predicted"``, a class index, or ``None``: the loss- and logit-based criteria
+            are then undefined; G-NDI always takes the norm over the whole output),
+            ``n_channels``, ``seed``, ``n_random``, ``n_steps`` and ``method`` (the path
+            criteria's points and Captum rule), ``channel_dim``, ``device``, ``progress``,
+            ``max_batches`` and ``layer_mask`` (groups as units, Captum's
+            ``LayerFeatureAblation`` semantics).
 
     Returns:
         ``(scores, scores_per_example)``: criterion -> ``(U,)`` scores (``random``: ``(S, U)``),
@@ -225,27 +204,9 @@ def score_criteria(
             DeprecationWarning,
             stacklevel=2,
         )
-        method = integration
+        options["method"] = integration
     names = check_criteria(criteria)
-    ctx = build_context(
-        model,
-        data,
-        layers,
-        granularity=granularity,
-        baseline=baseline,
-        target=target,
-        units=units,
-        n_channels=n_channels,
-        seed=seed,
-        n_random=n_random,
-        n_steps=n_steps,
-        method=method,
-        channel_dim=channel_dim,
-        device=device,
-        progress=progress,
-        max_batches=max_batches,
-        layer_mask=layer_mask,
-    )
+    ctx = build_context(model, data, layers, settings=settings, units=units, **options)
     scores: dict[str, np.ndarray] = {}
     per_example: dict[str, np.ndarray] = {}
     for name, result in score_each(ctx, names):

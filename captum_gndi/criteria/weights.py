@@ -167,8 +167,9 @@ def _loss_gradient(
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     count = 0
     with _grad_enabled(list(params.values())), torch.enable_grad():
-        for inputs, labels in ctx.batches(criterion):
-            target = ctx.loss_labels(inputs, labels, criterion)
+        for batch in ctx.batches(criterion):
+            inputs = batch.inputs
+            target = ctx.loss_labels(inputs, batch.labels, criterion)
             loss = F.cross_entropy(ctx.model(*inputs), target, reduction="sum")
             grads = _grads(loss, [params[n] for n in names], create_graph_with is not None)
             if create_graph_with is not None:
@@ -259,7 +260,7 @@ def synflow(ctx: CriterionContext) -> CriterionResult:
         >>> scores, _ = synflow(build_context(model, loader, ["0", "2"], target=None))
     """
     ctx.no_groups("synflow", _NO_WEIGHTS)
-    inputs, _ = next(iter(iterate_batches(ctx.data, ctx.device, 1, False, "SynFlow")))
+    inputs, _ = next(iter(iterate_batches(ctx.data, ctx.settings.device, 1, False, "SynFlow")))
     check_float_inputs(inputs, "synflow")
     model = copy.deepcopy(ctx.model).double().eval()
     with torch.no_grad():
