@@ -7,6 +7,7 @@ change if Captum moves them.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "as_input_tuple",
     "as_forward_args",
     "integration_points",
+    "path_points",
     "run_forward",
     "select_targets",
 ]
@@ -54,8 +56,35 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
 
 
 def integration_points(n_steps: int, method: str) -> tuple[list[float], list[float]]:
-    """Alphas and weights of Captum's approximation ``method`` with ``n_steps`` points on [0, 1]."""
+    """Alphas and weights of Captum's approximation ``method`` with ``n_steps`` points on [0, 1].
+
+    Raises:
+        TypeError: For an ``n_steps`` that is not an integer (``True``, ``2.5``).
+        ValueError: For ``n_steps < 1`` or an unknown ``method``.
+    """
+    _check_rule(n_steps, method)
+    step_sizes, alphas = approximation_parameters(method)
+    return list(alphas(int(n_steps))), list(step_sizes(int(n_steps)))
+
+
+def path_points(n_steps: int, method: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The integration points of G-NDI: ``((1.0,), (1.0,))`` (first order) for ``n_steps=1``,
+    else Captum's rule; ``n_steps`` and ``method`` are checked in both cases (an unknown
+    ``method`` is an error even where ``n_steps=1`` does not use it)."""
+    _check_rule(n_steps, method)
+    if n_steps == 1:
+        return (1.0,), (1.0,)
+    alphas, weights = integration_points(n_steps, method)
+    return tuple(alphas), tuple(weights)
+
+
+def _check_rule(n_steps: int, method: str) -> None:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral):
+        raise TypeError(
+            f"n_steps must be an integer >= 1 (the number of integration points), got "
+            f"{n_steps!r} of type {type(n_steps).__name__}."
+        )
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
     if method not in SUPPORTED_METHODS:
         raise ValueError(f"Unknown integration method {method!r}; use one of {SUPPORTED_METHODS}.")
-    step_sizes, alphas = approximation_parameters(method)
-    return list(alphas(n_steps)), list(step_sizes(n_steps))

@@ -1,4 +1,10 @@
-"""``LayerGNDI``: G-NDI as a Captum layer attribution method."""
+"""``LayerGNDI``: G-NDI as a Captum layer attribution method.
+
+The module passes 500 lines because Captum's API is wide: the three typing overloads of
+``attribute`` repeat its parameters, its docstring documents every Captum argument, and the
+argument handling that serves only ``attribute`` (input baselines, ``internal_batch_size``
+chunks) stays next to it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from captum.attr import GradientAttribution, LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from ._captum_compat import TargetType, as_forward_args, as_input_tuple, integration_points
+from ._captum_compat import TargetType, as_forward_args, as_input_tuple, path_points
 from .baselines import LayerBaseline, per_layer
 from .engine import (
     Granularity,
@@ -27,7 +33,7 @@ from .input_path import Path, check_path, expand_input_baselines, input_path
 from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
 from .padding import exclude_padding
 from .readouts import make_readout
-from .runs import check_inputs, make_runner, warn_if_training
+from .runs import KeywordInputs, check_inputs, make_runner, warn_if_training
 from .units import ChannelDim
 
 __all__ = ["LayerGNDI"]
@@ -62,6 +68,9 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             several times per forward pass), or a list of them.
         device_ids: Captum's ``device_ids`` for ``DataParallel`` forward functions (unused by
             the hook-based engine; kept for signature compatibility).
+        multiply_by_inputs: Captum's flag of its layer methods; G-NDI always multiplies the
+            Jacobian by ``h - b`` (``True`` is accepted; ``False`` is a ``ValueError`` that says
+            why and which Captum method gives local attributions).
 
     Examples:
         >>> from captum.attr import IntegratedGradients
@@ -76,7 +85,16 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         forward_func: Callable[..., Any],
         layer: LayerSpec | Sequence[LayerSpec],
         device_ids: list[int] | None = None,
+        multiply_by_inputs: bool | None = None,
     ) -> None:
+        if multiply_by_inputs is not None and not multiply_by_inputs:
+            raise ValueError(
+                "multiply_by_inputs=False does not apply to G-NDI: its score is the norm of "
+                "J (h - b), the Jacobian times the activation change, by definition (there is no "
+                "local, Jacobian-only variant of an intervention effect). For local layer "
+                "attributions use Captum's LayerGradientXActivation(..., multiply_by_inputs="
+                "False) or LayerIntegratedGradients(..., multiply_by_inputs=False)."
+            )
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
         self._layers: list[LayerSpec] = (
@@ -134,6 +152,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         forward_kwargs: dict[str, Any] | None = ...,
         n_probes: int | None = ...,
         probe_seed: int = ...,
+        internal_batch_size: int | None = ...,
         p: float | str | None = ...,
         path: Path = ...,
         input_layer: nn.Module | str | None = ...,
@@ -162,6 +181,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         forward_kwargs: dict[str, Any] | None = ...,
         n_probes: int | None = ...,
         probe_seed: int = ...,
+        internal_batch_size: int | None = ...,
         p: float | str | None = ...,
         path: Path = ...,
         input_layer: nn.Module | str | None = ...,
@@ -189,6 +209,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         forward_kwargs: dict[str, Any] | None = ...,
         n_probes: int | None = ...,
         probe_seed: int = ...,
+        internal_batch_size: int | None = ...,
         p: float | str | None = ...,
         path: Path = ...,
         input_layer: nn.Module | str | None = ...,
@@ -216,6 +237,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         forward_kwargs: dict[str, Any] | None = None,
         n_probes: int | None = None,
         probe_seed: int = 0,
+        internal_batch_size: int | None = None,
         p: float | str | None = None,
         path: Path = "unit",
         input_layer: nn.Module | str | None = None,
@@ -284,6 +306,12 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 per-example standard errors of the squared scores are left in
                 ``self.probe_stderr`` (same structure as the scores).
             probe_seed: Seed of the probes.
+            internal_batch_size: Score at most this many examples per pass (Captum's
+                argument): the inputs and every per-example argument (tensors and target lists
+                with N rows in ``baselines``, ``target``, ``additional_forward_args``,
+                ``forward_kwargs``, ``layer_baselines``, ``layer_mask``) are split into chunks
+                and the results concatenated; the scores equal one call's (random probes are
+                drawn per chunk). Peak memory shrinks with the chunk.
             p: Deprecated spelling of ``norm`` (kept for one release).
             path: Which path ``n_steps > 1`` integrates along. ``"unit"`` (default): each unit
                 on its own path ``b_u + a (h - b)_u`` (converges to the effect of intervening
@@ -320,6 +348,33 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 stacklevel=2,
             )
             norm = p
+        if internal_batch_size is not None:
+            return self._attribute_in_chunks(
+                internal_batch_size,
+                dict(
+                    inputs=inputs,
+                    baselines=baselines,
+                    target=target,
+                    additional_forward_args=additional_forward_args,
+                    layer_baselines=layer_baselines,
+                    norm=norm,
+                    attribute_to_layer_input=attribute_to_layer_input,
+                    return_convergence_delta=return_convergence_delta,
+                    mode=mode,
+                    granularity=granularity,
+                    n_steps=n_steps,
+                    method=method,
+                    channel_dim=channel_dim,
+                    layer_mask=layer_mask,
+                    signed=signed,
+                    grad_kwargs=grad_kwargs,
+                    forward_kwargs=forward_kwargs,
+                    n_probes=n_probes,
+                    probe_seed=probe_seed,
+                    path=path,
+                    input_layer=input_layer,
+                ),
+            )
         readout = make_readout(norm, n_probes, probe_seed)
         if signed and n_probes is not None:
             raise ValueError("signed=True needs the exact effect; drop n_probes.")
@@ -328,8 +383,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 "return_convergence_delta compares exact effects with a real intervention; "
                 "drop n_probes (or estimate scores with probes and deltas without)."
             )
-        if n_steps < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
+        alphas, weights = path_points(n_steps, method)
         check_path(path)
         if path == "input" and baselines is None:
             raise ValueError(
@@ -390,9 +444,6 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 input_layer,
                 model=self.forward_func,
             )
-        alphas, weights = (1.0,), (1.0,)
-        if n_steps > 1:
-            alphas, weights = integration_points(n_steps, method)
         effects, _ = compute_effects(
             job, mode, granularity, alphas, weights, readout=readout, path=path
         )
@@ -543,7 +594,75 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             baselines=[None] * len(self._layers),
             attribute_to_layer_input=attribute_to_layer_input,
         )
-        return capture_activations(job)[1]
+        try:
+            return capture_activations(job)[1]
+        except IndexError as error:
+            ids = [t for t in expanded if not t.is_floating_point() and t.numel()]
+            if not ids:
+                raise
+            ranges = ", ".join(f"{int(t.min())}..{int(t.max())}" for t in ids)
+            raise ValueError(
+                f"The model failed on the input baselines with an index error ({error}); their "
+                f"integer values span {ranges}. A token-id baseline must be a valid id of the "
+                "model's vocabulary (0 <= id < vocab_size, e.g. tokenizer.pad_token_id)."
+            ) from error
 
     def _format(self, values: list[Tensor]) -> Tensor | list[Tensor]:
         return values if isinstance(self.layer, (list, tuple)) else values[0]
+
+    def _attribute_in_chunks(self, size: int, arguments: dict[str, Any]) -> Any:
+        """``attribute(**arguments)`` on consecutive chunks of at most ``size`` examples,
+        concatenated (``internal_batch_size``)."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"internal_batch_size must be an integer >= 1, got {size!r}.")
+        n = as_input_tuple(arguments["inputs"])[0].shape[0]
+        results, stderrs = [], []
+        for start in range(0, max(n, 1), size):
+            part = {
+                key: _examples(value, n, slice(start, start + size), key == "target")
+                if key in _PER_EXAMPLE
+                else value
+                for key, value in arguments.items()
+            }
+            results.append(self.attribute(**part))
+            stderrs.append(self.probe_stderr)
+        if stderrs[0] is not None:
+            self.probe_stderr = _concat(stderrs)
+        if arguments["return_convergence_delta"]:
+            return _concat([r[0] for r in results]), _concat([r[1] for r in results])
+        return _concat(results)
+
+
+_PER_EXAMPLE = (
+    "inputs",
+    "baselines",
+    "target",
+    "additional_forward_args",
+    "layer_baselines",
+    "forward_kwargs",
+    "layer_mask",
+)
+"""The arguments of :meth:`LayerGNDI.attribute` that may hold one row per example."""
+
+
+def _examples(value: Any, n: int, rows: slice, is_target: bool = False) -> Any:
+    """The rows ``rows`` of every per-example part of ``value``: tensors with ``n`` rows (and a
+    target list of ``n`` entries) are sliced, containers mapped, everything else kept."""
+    if isinstance(value, Tensor):
+        return value[rows] if value.dim() > 0 and value.shape[0] == n else value
+    if is_target and isinstance(value, list) and len(value) == n:
+        return value[rows]
+    if isinstance(value, KeywordInputs):
+        return value.map(lambda t: _examples(t, n, rows))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_examples(v, n, rows) for v in value)
+    if isinstance(value, dict):
+        return {key: _examples(v, n, rows) for key, v in value.items()}
+    return value
+
+
+def _concat(chunks: list[Any]) -> Any:
+    """Per-chunk results (a tensor, or a list with one tensor per layer) joined along examples."""
+    if isinstance(chunks[0], Tensor):
+        return torch.cat(chunks)
+    return [torch.cat(parts) for parts in zip(*chunks)]

@@ -238,9 +238,33 @@ def compute_effects(
     Returns:
         The effects (one tensor per layer, K first) and the mode that was used.
 
+    Raises:
+        ValueError: For NaN / inf effects, naming the layers and examples
+            (:meth:`ScoringJob.check_effects`): no NaN reaches a score or a ranking.
+
     Examples:
         >>> effects, used = compute_effects(job, mode="auto", granularity="channel")
     """
+    effects, used = _dispatch(
+        job, mode, granularity, alphas, weights, n_outputs, readout, path, progress, warn_cost
+    )
+    job.check_effects(effects)
+    return effects, used
+
+
+def _dispatch(
+    job: ScoringJob,
+    mode: Mode,
+    granularity: Granularity,
+    alphas: Sequence[float],
+    weights: Sequence[float],
+    n_outputs: int | None,
+    readout: Readout,
+    path: Path,
+    progress: bool,
+    warn_cost: bool,
+) -> tuple[list[Tensor], str]:
+    """:func:`compute_effects` before its check of the effects."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
     if mode not in MODES:

@@ -67,6 +67,17 @@ def expand_input_baselines(inputs: tuple[Tensor, ...], baselines: Any) -> tuple[
         )
     expanded = []
     for index, (value, tensor) in enumerate(zip(baseline_tuple, inputs)):
+        floating = isinstance(value, float) or (
+            isinstance(value, Tensor) and value.is_floating_point()
+        )
+        if floating and not tensor.is_floating_point():
+            raise TypeError(
+                f"Input baseline {index} is floating point but input {index} holds "
+                f"{tensor.dtype} values (token ids?), so it would be truncated to an integer id "
+                "(0.5 becomes token 0). Give an integer baseline (e.g. the tokenizer's "
+                "pad_token_id, or a tensor of token ids), or a layer baseline in the embedding "
+                "space with layer_baselines=."
+            )
         value = torch.as_tensor(value, dtype=tensor.dtype, device=tensor.device)
         try:
             expanded.append(value.expand_as(tensor).contiguous())

@@ -105,6 +105,39 @@ class ScoringJob:
                     "Check the inputs and the model's numerics (e.g. float16 overflow)."
                 )
 
+    def check_output(self, output: Tensor) -> None:
+        """A clear error, naming examples, for a NaN or ``+inf`` output (``-inf``, a masked
+        logit, is allowed): every score would be NaN, or a number where the model's is not."""
+        bad = output.detach().isnan() | output.detach().isposinf()
+        if bool(bad.any()):
+            examples = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"The model output is NaN or inf for examples {_shown(examples)} of the batch, so "
+                f"the scores of every layer ({', '.join(map(repr, self.labels))}) would be NaN "
+                "or meaningless. Check the model's parameters (torch.isfinite(p).all()) and "
+                "its numerics on these examples (an overflow: run in float32 / float64)."
+            )
+
+    def check_effects(self, effects: Sequence[Tensor]) -> None:
+        """A clear error, naming layers and examples, for effects ``(K, N, ...)`` holding NaN or
+        inf: something after the layer (a NaN or inf weight, an overflow) would make the score,
+        and a ranking, NaN."""
+        bad = []
+        for effect, label in zip(effects, self.labels):
+            finite = torch.isfinite(effect)
+            if not bool(finite.all()):
+                per_example = (~finite).transpose(0, 1).reshape(effect.shape[1], -1).any(1)
+                examples = per_example.nonzero().flatten().tolist()
+                bad.append(f"'{label}' (examples {_shown(examples)} of the batch)")
+        if bad:
+            raise ValueError(
+                f"The output change under the intervention is NaN or inf for layer(s) "
+                f"{'; '.join(bad)}: something after the layer produces non-finite values (a NaN "
+                "or inf weight, an overflow such as float16 logits), so the scores would be NaN. "
+                "Check the model's parameters (torch.isfinite(p).all()) and its output on these "
+                "examples, or run in float32 / float64."
+            )
+
     def delta(self, position: int, h: Activation) -> tuple[Activation, Activation]:
         """``(b, h - b)`` for the activation ``h`` of layer ``position`` (tuples part-wise)."""
         self.check_activation(position, h)
@@ -164,6 +197,7 @@ def capture_activations(job: ScoringJob) -> tuple[Tensor, list[Activation]]:
 
     with torch.no_grad(), job_hooks(job, range(len(job.layers)), edit):
         output = job.run()
+    job.check_output(output)
     return output.detach(), activations  # type: ignore[return-value]
 
 
@@ -182,6 +216,11 @@ def true_effects(job: ScoringJob) -> list[Tensor]:
                 intervened = job.run()
             effects.append((reference - intervened).T)
     return effects
+
+
+def _shown(indices: list[int]) -> str:
+    """At most ten indices, for an error message."""
+    return ", ".join(map(str, indices[:10])) + (", ..." if len(indices) > 10 else "")
 
 
 def first_order(alphas: Sequence[float]) -> bool:

@@ -42,6 +42,11 @@ def check_inputs(inputs: tuple[Tensor, ...]) -> None:
     for index, tensor in enumerate(inputs):
         if not isinstance(tensor, Tensor):
             raise TypeError(f"inputs[{index}] is a {type(tensor).__name__}, not a tensor.")
+        if tensor.dim() == 0 or tensor.shape[0] == 0:
+            raise ValueError(
+                f"inputs[{index}] has shape {tuple(tensor.shape)}: no examples along dimension "
+                "0. Pass at least one example (a batch of shape (N, ...) with N >= 1)."
+            )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(
                 f"inputs[{index}] contains NaN or inf values; G-NDI would be NaN. "
@@ -78,6 +83,22 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _check_target_type(target: TargetType) -> None:
+    """A clear error for a target that Captum would silently reinterpret: a bool (``True``
+    would select nothing, as ``None``) or a floating-point number or tensor (not an index)."""
+    bad = isinstance(target, (bool, float)) or (
+        isinstance(target, Tensor) and (target.dtype == torch.bool or target.is_floating_point())
+    )
+    if isinstance(target, list) and target:
+        bad = bad or any(isinstance(t, (bool, float)) for t in target)
+    if bad:
+        raise TypeError(
+            f"target must be Captum's TargetType (None, an int, a tuple of ints, an integer "
+            f"tensor, or a list of them, one per example), got {target!r}; booleans and floats "
+            "are not output indices."
+        )
 
 
 def _check_target(output: Tensor, target: TargetType) -> None:
@@ -127,6 +148,7 @@ def make_runner(
         >>> run().shape  # (N, 1)
     """
 
+    _check_target_type(target)
     if isinstance(inputs, KeywordInputs):
         check_keywords(forward_func, inputs.keys)
         forward_func = keyword_forward(forward_func, inputs.keys)

@@ -89,6 +89,7 @@ def record(
 
     with torch.enable_grad(), job_hooks(job, positions, edit):
         output = job.run()
+    job.check_output(output)
     return Graph(output, [leaves[p] for p in positions], [deltas[p] for p in positions])
 
 

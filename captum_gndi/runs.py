@@ -95,6 +95,11 @@ def check_norm(norm: float | str) -> float:
     """Validate the norm order: any p >= 1, or ``inf`` (``'l1'``, ``'l2'``, ``'linf'`` too)."""
     if isinstance(norm, str):
         norm = {"l1": 1.0, "l2": 2.0, "linf": math.inf, "inf": math.inf}.get(norm.lower(), norm)
+    if isinstance(norm, bool):
+        raise TypeError(
+            f"norm={norm!r} is a bool, not a norm; give an order p >= 1 (e.g. 2), math.inf, "
+            "'l1', 'l2', 'linf' or 'fisher'."
+        )
     if not isinstance(norm, (int, float)) or math.isnan(norm) or norm < 1:
         raise ValueError(
             f"The norm must be a number >= 1 or inf ('l1', 'l2', 'linf' are accepted too), got "
@@ -208,7 +213,9 @@ def batch_target(
 
 def check_data_target(target: Any) -> None:
     """Raise a clear error unless ``target`` is a :data:`DataTarget`."""
-    if target not in (None, "label", "predicted") and not isinstance(target, int):
+    if isinstance(target, bool) or (
+        target not in (None, "label", "predicted") and not isinstance(target, int)
+    ):
         raise ValueError(f"target must be None, an int, 'label' or 'predicted', got {target!r}.")
 
 
@@ -326,6 +333,11 @@ def iterate_batches(
     count = 0
     for batch in tqdm(batches, total=total, desc=what, disable=not progress or rank > 0):
         inputs, labels = split_batch(batch)
+        if inputs[0].dim() == 0 or inputs[0].shape[0] == 0:
+            raise ValueError(
+                f"Batch {count} of the data ({what}) holds no examples (input shape "
+                f"{tuple(inputs[0].shape)}); drop empty batches from the data loader."
+            )
         inputs = map_inputs(inputs, lambda t: t.to(device, non_blocking=True))
         yield inputs, (labels.to(device, non_blocking=True) if labels is not None else None)
         count += 1

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._captum_compat import integration_points
+from ._captum_compat import path_points
 from .baselines import LayerBaseline
 from .engine import (
     Granularity,
@@ -168,7 +168,7 @@ class GNDIResult:
             + ", ".join(f"{k}={v}" for k, v in self.settings.items()),
             f"{'rank':>4}  {'layer':<{width}}  {'G-NDI' + unit_note:>12}  {'std. err.':>10}",
         ]
-        for name in self.names:
+        for name in ranking:
             stderr = float(self.stderr[name].pow(2).sum().sqrt())
             lines.append(
                 f"{ranking.index(name) + 1:>4}  {name:<{width}}  {scores[name]:>12.5g}  "
@@ -441,6 +441,7 @@ def compute_gndi(
         >>> result = compute_gndi(model, loader, layers)  # same numbers on every rank
     """
     readout = make_readout(norm, n_probes, probe_seed)
+    alphas, weights = path_points(n_steps, method)
     patching = is_patching_data(data)
     signed = patching if signed is None else signed
     if signed and (n_probes is not None or readout.fisher):
@@ -482,7 +483,6 @@ def compute_gndi(
             model, data, named, baseline, device, progress, max_batches, attribute_to_layer_input
         )
         baselines = [resolved[n] for n in names]
-    alphas, weights = ((1.0,), (1.0,)) if n_steps == 1 else integration_points(n_steps, method)
 
     masks = _layer_masks(layer_mask, names)
     if masks is not None:
@@ -507,9 +507,10 @@ def compute_gndi(
                     )
                 yield index, job
             return
-        for index, (inputs, labels) in enumerate(
-            iterate_batches(data, device, max_batches, progress, "G-NDI")
-        ):
+        batches = iterate_batches(data, device, max_batches, progress, "G-NDI")
+        if isinstance(baseline, str) and baseline == "mean":
+            batches = _second_pass(batches)
+        for index, (inputs, labels) in enumerate(batches):
             for part, part_labels in chunks(inputs, labels, internal_batch_size):
                 check_inputs(part)
                 job = ScoringJob(
@@ -579,6 +580,22 @@ def compute_gndi(
     if patching:
         settings.update(baseline=source_label(direction), direction=direction)
     return GNDIResult(names, mean, stderr, n, settings, probe_stderr)
+
+
+def _second_pass(batches: Iterator[Any]) -> Iterator[Any]:
+    """The scoring pass after ``baseline="mean"`` read the data once: data that yields nothing
+    now (while the means pass found batches) is a one-pass iterable, and is told so."""
+    try:
+        first = next(batches)
+    except ValueError as error:
+        raise ValueError(
+            "baseline='mean' reads the data twice, but the second pass (the scores) found no "
+            "batches after the first (the means) did: the data is a one-pass iterable. Pass a "
+            "DataLoader or a list of batches, or compute the means with mean_activations and "
+            "pass them as a dict."
+        ) from error
+    yield first
+    yield from batches
 
 
 def _layer_masks(

@@ -128,7 +128,8 @@ def layer_label(layer: LayerSpec, model: nn.Module | None = None) -> str:
     name = layer.name if isinstance(layer, (LayerCall, Heads)) else None
     if name is not None:
         return name
-    name = next((n for n, m in model.named_modules() if m is module), None) if model else None
+    if model is not None:  # not `if model`: a compiled module's truthiness calls len()
+        name = next((n for n, m in model.named_modules() if m is module), None)
     if name is None:
         name = type(module).__name__
     if isinstance(layer, Heads):

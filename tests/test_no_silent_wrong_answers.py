@@ -1,0 +1,244 @@
+"""Issue #24: each case that gave a wrong or misleading result without an error now ends with a
+correct answer or a clear error naming the problem and the fix. One test per case, as written
+in the issue."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.testing.helpers.basic_models import BasicModel_MultiLayer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from captum_gndi import LayerGNDI, compute_gndi
+
+
+@pytest.fixture
+def model():
+    return BasicModel_MultiLayer().double().eval()
+
+
+@pytest.fixture
+def x():
+    return torch.tensor([[3.0, 4.0, 0.0], [1.0, -2.0, 0.5], [0.5, 1.0, 2.0]], dtype=torch.float64)
+
+
+class Exp(nn.Module):
+    def forward(self, h):
+        return torch.exp(h)
+
+
+class TokenModel(nn.Module):
+    """Token ids (N, T) -> embedding -> mean over positions -> 3 logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, ids):
+        return self.head(self.embedding(ids).mean(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. NaN or inf after the layer
+# ---------------------------------------------------------------------------------------------
+
+
+def test_nan_weight_after_the_layer_is_an_error_naming_layers_and_examples(model, x):
+    with torch.no_grad():
+        model.linear2.weight[0, 0] = float("nan")
+    # reverse mode used to return finite scores here (the NaN weight sits behind a dead ReLU
+    # unit, whose backward is 0), forward mode NaN: both are now the same clear error
+    for mode in ("forward", "reverse"):
+        with pytest.raises(
+            ValueError, match=r"output is NaN or inf for examples 0, 1, 2 .*'linear1'"
+        ):
+            LayerGNDI(model, model.linear1).attribute(x, mode=mode)
+
+
+def test_overflow_after_the_layer_names_only_the_overflowing_example():
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(2))
+        layer.bias.zero_()
+    model = nn.Sequential(layer, Exp(), nn.Linear(2, 1)).eval()
+    x = torch.tensor([[0.0, 1.0], [100.0, 100.0], [1.0, 0.0]])  # exp(100) overflows float32
+    with pytest.raises(ValueError, match=r"output is NaN or inf for examples 1 of the batch"):
+        LayerGNDI(model, model[0]).attribute(x)
+
+
+class Sqrt(nn.Module):
+    def forward(self, h):
+        return h.sqrt()  # the inputs of the test keep h >= 0
+
+
+def test_non_finite_effect_with_a_finite_output_names_layer_and_example():
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(2))
+        layer.bias.zero_()
+    model = nn.Sequential(layer, Sqrt(), nn.Linear(2, 1)).eval()
+    x = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # sqrt'(0) = inf on example 1
+    for mode in ("forward", "reverse"):
+        with pytest.raises(ValueError, match=r"NaN or inf for layer\(s\) '0' \(examples 1 of"):
+            LayerGNDI(model, model[0]).attribute(x, layer_baselines=1.0, mode=mode)
+
+
+def test_compute_gndi_ranking_never_ranks_nan_layers(model, x):
+    with torch.no_grad():
+        model.linear2.weight[0, 0] = float("nan")
+    loader = DataLoader(TensorDataset(x, torch.zeros(3, dtype=torch.long)), batch_size=2)
+    with pytest.raises(ValueError, match=r"NaN or inf .*'linear1', 'relu'"):
+        compute_gndi(model, loader, ["linear1", "relu"], progress=False).ranking()
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Arguments of the wrong type
+# ---------------------------------------------------------------------------------------------
+
+
+def test_target_true_is_an_error_not_none(model, x):
+    with pytest.raises(TypeError, match="booleans and floats are not output indices"):
+        LayerGNDI(model, model.linear1).attribute(x, target=True)
+    with pytest.raises(ValueError, match="target must be None, an int"):
+        compute_gndi(model, [x], ["linear1"], target=True, progress=False)
+
+
+def test_norm_true_is_an_error(model, x):
+    with pytest.raises(TypeError, match="norm=True is a bool"):
+        LayerGNDI(model, model.linear1).attribute(x, norm=True)
+    with pytest.raises(TypeError, match="norm=True is a bool"):
+        compute_gndi(model, [x], ["linear1"], norm=True, progress=False)
+
+
+@pytest.mark.parametrize("n_steps", [True, 2.5])
+def test_n_steps_must_be_an_integer(model, x, n_steps):
+    with pytest.raises(TypeError, match="n_steps must be an integer >= 1"):
+        LayerGNDI(model, model.linear1).attribute(x, n_steps=n_steps)
+    with pytest.raises(TypeError, match="n_steps must be an integer >= 1"):
+        compute_gndi(model, [x], ["linear1"], n_steps=n_steps, progress=False)
+
+
+def test_unknown_method_is_an_error_with_n_steps_1(model, x):
+    with pytest.raises(ValueError, match="Unknown integration method 'simpson'"):
+        LayerGNDI(model, model.linear1).attribute(x, method="simpson")
+    with pytest.raises(ValueError, match="Unknown integration method 'simpson'"):
+        compute_gndi(model, [x], ["linear1"], method="simpson", progress=False)
+
+
+def test_float_input_baseline_on_token_ids_is_an_error():
+    model = TokenModel().eval()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    gndi = LayerGNDI(model, model.head)
+    with pytest.raises(TypeError, match="0.5 becomes token 0"):
+        gndi.attribute(ids, baselines=0.5)
+    with pytest.raises(TypeError, match="Input baseline 0 is floating point"):
+        gndi.attribute(ids, baselines=torch.zeros(2, 3))
+    # an integer token-id baseline is the Captum way and works
+    assert gndi.attribute(ids, baselines=0).shape == (2,)
+
+
+def test_token_id_baseline_outside_the_vocabulary_is_a_clear_error():
+    model = TokenModel().eval()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(ValueError, match=r"span 50\.\.50\. A token-id baseline must be a valid id"):
+        LayerGNDI(model, model.head).attribute(ids, baselines=50)
+
+
+def test_empty_batch_is_a_clear_error(model):
+    with pytest.raises(ValueError, match=r"inputs\[0\] has shape \(0, 3\): no examples"):
+        LayerGNDI(model, model.linear1).attribute(torch.zeros(0, 3, dtype=torch.float64))
+
+
+def test_empty_batch_inside_a_loader_is_a_clear_error(model, x):
+    batches = [x, x[:0]]
+    with pytest.raises(ValueError, match=r"Batch 1 of the data \(G-NDI\) holds no examples"):
+        compute_gndi(model, batches, ["linear1"], progress=False)
+
+
+def test_one_pass_iterable_with_mean_baseline_is_a_clear_error(model, x):
+    class OnePass:  # iterable, not an iterator: only iterating tells that it is one-pass
+        def __init__(self, batches):
+            self.batches = iter(batches)
+
+        def __iter__(self):
+            return self.batches
+
+    with pytest.raises(ValueError, match="the data is a one-pass iterable"):
+        compute_gndi(model, OnePass([x, x]), ["linear1"], baseline="mean", progress=False)
+    # the same batches in a list: fine
+    assert compute_gndi(model, [x, x], ["linear1"], baseline="mean", progress=False).n_examples == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. Captum keywords; print of a compute_gndi result
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel", "unit"])
+def test_internal_batch_size_chunks_the_work_with_equal_results(model, granularity):
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    gndi = LayerGNDI(model, [model.linear1, model.relu])
+    target = [0, 1, 1, 0, 0, 1, 0]
+    kwargs = dict(target=target, granularity=granularity, layer_baselines=torch.randn(7, 4))
+    whole = gndi.attribute(x, **kwargs)
+    chunked = gndi.attribute(x, internal_batch_size=3, **kwargs)
+    for a, b in zip(whole, chunked):
+        assert torch.allclose(a, b, atol=0, rtol=1e-12)
+    one_layer = LayerGNDI(model, model.linear1)
+    scores, delta = one_layer.attribute(x, target=1, baselines=0.5, return_convergence_delta=True)
+    scores2, delta2 = one_layer.attribute(
+        x, target=1, baselines=0.5, return_convergence_delta=True, internal_batch_size=2
+    )
+    assert torch.allclose(scores, scores2) and torch.allclose(delta, delta2)
+    with pytest.raises(ValueError, match="internal_batch_size must be an integer >= 1"):
+        one_layer.attribute(x, internal_batch_size=0)
+
+
+def test_multiply_by_inputs_false_says_why_it_does_not_apply(model):
+    with pytest.raises(ValueError, match="multiply_by_inputs=False does not apply to G-NDI"):
+        LayerGNDI(model, model.linear1, multiply_by_inputs=False)
+    assert LayerGNDI(model, model.linear1, multiply_by_inputs=True).multiplies_by_inputs
+
+
+def test_print_of_compute_gndi_result_is_ranked(model, x):
+    result = compute_gndi(model, [x], ["linear1", "linear2"], progress=False)
+    ranking = result.ranking()
+    assert ranking == ["linear1", "linear2"] or ranking == ["linear2", "linear1"]
+    rows = str(result).splitlines()[2:]
+    assert [row.split()[1] for row in rows] == ranking
+    assert [row.split()[0] for row in rows] == ["1", "2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. torch.compile
+# ---------------------------------------------------------------------------------------------
+
+
+class SmallNet(nn.Module):  # not a Sequential: no __len__, the case of the issue
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.relu, self.b = nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.b(self.relu(self.a(x)))
+
+
+def test_compiled_model_scores_equal_the_uncompiled_ones():
+    net = SmallNet().eval()
+    compiled = torch.compile(net)  # the default backend (Inductor)
+    x = torch.randn(5, 3)
+    for mode in ("forward", "reverse"):
+        for granularity in ("layer", "channel"):
+            kwargs = dict(target=1, mode=mode, granularity=granularity)
+            plain = LayerGNDI(net, [net.a, net.relu]).attribute(x, **kwargs)
+            again = LayerGNDI(compiled, [net.a, net.relu]).attribute(x, **kwargs)
+            for p, c in zip(plain, again):
+                assert torch.allclose(p, c, atol=1e-6)
+    result = compute_gndi(compiled, [x], {"a": net.a, "b": net.b}, progress=False)
+    plain = compute_gndi(net, [x], {"a": net.a, "b": net.b}, progress=False)
+    assert torch.allclose(result.mean["a"], plain.mean["a"], atol=1e-6)
