@@ -15,6 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from captum_gndi import LayerGNDI, compute_gndi, find_layers
+from captum_gndi.interventions.patching import (
+    activation_patch,
+    patch_heads,
+    patch_heads_by_pos,
+    patch_positions,
+)
 from captum_gndi.patching import PatchingMetric
 from captum_gndi.tasks import PatchingBatch, PatchingTask
 
@@ -311,3 +317,54 @@ def test_patching_metric_wraps_model_outputs() -> None:
     torch.testing.assert_close(wrapped(task.clean, task.answers), f(task.clean, task.answers))
     with pytest.raises(TypeError, match="float tensor"):
         PatchingMetric(lm, lambda out, ans: ans)(task.clean, task.answers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact patching (the ground truth): activation_patch and its specialisations
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["hooks", "suffix"])
+def test_activation_patch_is_brute_force_patching_on_either_back_end(engine: str) -> None:
+    lm, f = models()
+    task = toy_task()
+    swept = patch_positions(f, task.loader(4), {"hidden": lm.hidden}, engine=engine)
+    assert swept.shape == (1, T)  # [layer, pos]
+    for pos in range(T):
+        effect = exact_patch(
+            lm, task.corrupted, task.clean, task.answers, lm.hidden, (slice(None), pos)
+        )
+        torch.testing.assert_close(swept[0, pos], effect.mean(), **TOL)
+    whole = activation_patch(lm, task, {"hidden": lm.hidden}, metric=logit_diff)
+    effect = exact_patch(lm, task.corrupted, task.clean, task.answers, lm.hidden, (slice(None),))
+    torch.testing.assert_close(whole[0], effect.mean(), **TOL)
+
+
+def test_activation_patch_denoising_and_heads_stack_layer_first() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_embd=16, n_layer=2, n_head=4, n_positions=16, vocab_size=VOCAB
+    )
+    gpt2 = transformers.GPT2LMHeadModel(config).eval()
+    task = toy_task(3)
+    heads = find_layers(gpt2, "head")
+    by_pos = patch_heads_by_pos(gpt2, task, heads, metric=logit_diff, direction="denoising")
+    per_head = patch_heads(gpt2, task, heads, metric=logit_diff, direction="denoising")
+    assert by_pos.shape == (2, T, 4) and per_head.shape == (2, 4)
+    # position 0 is the same in both prompts: patching it changes nothing
+    assert by_pos[:, 0].abs().max() < 1e-6 and by_pos.abs().max() > 1e-4
+    # the first-order estimate in the same shape; at these small effects (about 1e-3) the
+    # second-order remainder is a few percent at most
+    estimate = compute_gndi(
+        gpt2, task, heads, granularity="channel", channel_dim=(1, 2), metric=logit_diff,
+        direction="denoising",
+    ).stack()  # fmt: skip
+    assert estimate.shape == by_pos.shape
+    assert (estimate - by_pos).abs().max() < 0.05 * by_pos.abs().max()
+
+
+def test_activation_patch_of_different_unit_shapes_is_a_clear_error() -> None:
+    lm, f = models()
+    with pytest.raises(ValueError, match="different unit shapes"):
+        activation_patch(f, toy_task(), {"e": lm.embed, "h": lm.head}, channel_dim=-1)

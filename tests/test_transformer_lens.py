@@ -27,6 +27,7 @@ from captum_gndi.adapters.transformer_lens import (
     transformer_lens_api,
     transformer_lens_points,
 )
+from captum_gndi.interventions.patching import patch_heads, patch_heads_by_pos
 from captum_gndi.tasks import PatchingTask
 
 N_LAYERS, N_HEADS, D_HEAD, VOCAB = 2, 2, 8, 30
@@ -310,6 +311,33 @@ def test_compute_gndi_on_a_patching_task_stacks_like_a_transformer_lens_sweep(
     assert expected.abs().max() > 1e-3
     torch.testing.assert_close(stacked.float(), expected, rtol=1e-4, atol=1e-6)
     assert result.settings["direction"] == direction
+
+
+def test_exact_sweeps_equal_transformer_lens_get_act_patch_attn_head_out_by_pos() -> None:
+    model = _hooked()
+    from transformer_lens import patching
+
+    task = _task()
+    heads = find_layers(model, "head")
+    _, clean_cache = model.run_with_cache(task.clean)
+    with torch.no_grad():
+        corrupted_metric = _metric(model(task.corrupted), task.answers).mean()
+
+    def mean_metric(logits: Tensor) -> Tensor:
+        return _metric(logits, task.answers).mean()
+
+    swept = patching.get_act_patch_attn_head_out_by_pos(
+        model, task.corrupted, clean_cache, mean_metric
+    )  # [layer, pos, head]: the patched metric, clean activations into the corrupted run
+    effects = patch_heads_by_pos(model, task, heads, metric=_metric, direction="denoising")
+    assert effects.shape == swept.shape == (N_LAYERS, 6, N_HEADS)
+    assert effects.abs().max() > 1e-3
+    torch.testing.assert_close(corrupted_metric - effects.float(), swept, rtol=1e-4, atol=1e-5)
+    all_pos = patching.get_act_patch_attn_head_out_all_pos(
+        model, task.corrupted, clean_cache, mean_metric
+    )
+    per_head = patch_heads(model, task, heads, metric=_metric, direction="denoising")
+    torch.testing.assert_close(corrupted_metric - per_head.float(), all_pos, rtol=1e-4, atol=1e-5)
 
 
 # --- TransformerLens APIs the adapter does not know (fakes: no TransformerLens needed) ---
