@@ -34,7 +34,7 @@ from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, l
 from .padding import exclude_padding
 from .readouts import make_readout
 from .runs import KeywordInputs, check_inputs, make_runner, warn_if_training
-from .units import ChannelDim
+from .units import ChannelDim, layer_masks
 
 __all__ = ["LayerGNDI"]
 
@@ -391,7 +391,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 "Captum's `baselines` (e.g. the corrupted prompt's token ids, or a number), "
                 "or use path='unit' with layer_baselines."
             )
-        masks = self._masks(layer_mask)
+        masks = layer_masks(layer_mask, self._labels)
         if masks is not None:
             if granularity not in ("layer", "group"):
                 raise ValueError(
@@ -562,19 +562,6 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             forward_kwargs=forward_kwargs,
         )
         return deltas
-
-    def _masks(self, layer_mask: Tensor | Sequence[Tensor] | None) -> list[Tensor] | None:
-        if layer_mask is None:
-            return None
-        if isinstance(layer_mask, Tensor):
-            return [layer_mask] * len(self._layers)
-        masks = list(layer_mask)
-        if len(masks) != len(self._layers):
-            raise ValueError(
-                f"Got {len(masks)} layer masks for {len(self._layers)} layers; give one mask "
-                "per layer, or one tensor for all."
-            )
-        return masks
 
     def _activations_at(
         self,

@@ -60,7 +60,7 @@ from .runs import (
     resolve_layers,
     warn_if_training,
 )
-from .units import ChannelDim
+from .units import ChannelDim, layer_masks
 
 __all__ = [
     "GNDIResult",
@@ -484,7 +484,7 @@ def compute_gndi(
         )
         baselines = [resolved[n] for n in names]
 
-    masks = _layer_masks(layer_mask, names)
+    masks = layer_masks(layer_mask, names)
     if masks is not None:
         granularity = "group"
     moments = RunningMoments(names, device)
@@ -596,16 +596,3 @@ def _second_pass(batches: Iterator[Any]) -> Iterator[Any]:
         ) from error
     yield first
     yield from batches
-
-
-def _layer_masks(
-    layer_mask: Tensor | Mapping[str, Tensor] | None, names: list[str]
-) -> list[Tensor] | None:
-    if layer_mask is None:
-        return None
-    if isinstance(layer_mask, Tensor):
-        return [layer_mask] * len(names)
-    missing = [n for n in names if n not in layer_mask]
-    if missing:
-        raise ValueError(f"layer_mask dict has no entry for layers {missing}.")
-    return [layer_mask[n] for n in names]

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .loaders import prepare_scoring
+from ..interventions import DAMAGE_METRICS
+from .loaders import check_counts, prepare_scoring
 from .options import GRANULARITIES, GranularityOption, add_model_options
 
 __all__ = ["add_parser", "run"]
@@ -36,8 +37,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     Returns:
         The ``verify`` parser (its handler is stored as ``func``).
     """
-    from ..verify import VERIFY_DAMAGE_METRICS
-
     parser = commands.add_parser(
         "verify",
         help="find the exact top-k units by ablation, verifying only G-NDI's candidates",
@@ -65,7 +64,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--damage",
-        choices=VERIFY_DAMAGE_METRICS,
+        choices=DAMAGE_METRICS,
         default="output_delta",
         help="ground-truth damage of an ablation (default output_delta: L2 change of the output)",
     )
@@ -107,9 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.granularity not in GRANULARITIES:
         raise ValueError(f"unknown --granularity {args.granularity!r}; choose layer or channel")
-    for name in ("k", "units_per_pass"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_counts(args, ("k", "units_per_pass"))
     loaded, loader, layers = prepare_scoring(args)
     result = verify_top_k(
         loaded.model,

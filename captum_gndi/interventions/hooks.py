@@ -32,6 +32,7 @@ __all__ = [
     "layer_label",
     "module_of",
     "check_layers_in_model",
+    "count_calls",
 ]
 
 
@@ -344,3 +345,38 @@ def intervene(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def count_calls(modules: Sequence[nn.Module], run: Callable[[], Any]) -> list[int]:
+    """How often each module runs during ``run()``, with no check (hooks always removed).
+
+    :func:`intervene` insists that a plain module runs once per forward pass; this counts calls
+    of modules that may run any number of times (to find shared layers before choosing
+    :class:`LayerCall` points).
+
+    Args:
+        modules: The modules to count.
+        run: Runs the model once (e.g. ``lambda: model(x)``).
+
+    Returns:
+        One count per module, in the order given.
+
+    Examples:
+        >>> count_calls([model.fc], lambda: model(x))
+        [1]
+    """
+    counts = [0] * len(modules)
+
+    def counter(position: int) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            counts[position] += 1
+
+        return hook
+
+    handles = [m.register_forward_hook(counter(i)) for i, m in enumerate(modules)]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts

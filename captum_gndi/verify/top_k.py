@@ -1,0 +1,281 @@
+"""Screen and verify: the exact top-k units of a model at a fraction of brute-force ablation.
+
+First-order G-NDI scores every unit (channel, group or layer) of a set of layers in ``1 + K``
+passes, but ranks single-unit damage only approximately; the exact answer needs one
+intervention ``do(h_u := b_u)`` per unit. :func:`verify_top_k` combines the two, in the spirit
+of AtP* (Kramár et al. 2024), which screens with attribution patching and verifies with
+activation patching:
+
+1. **Screen.** Score every unit with first-order G-NDI over the data (:func:`compute_gndi`,
+   with ``layer_mask`` for groups): the predicted damage ``s_u``.
+2. **Audit.** Ablate a uniform random sample of ``m`` units among those G-NDI does *not* put in
+   its top k (default ``m = ceil(k / expected_misses)``, see below), so that the calibration
+   also sees the low-ranked units, where first-order errors are largest.
+3. **Verify** units in order of decreasing ``s_u`` with exact interventions (the damage
+   ``d_u``, from :func:`captum_gndi.interventions.ablation.batch_damage`, the routine the
+   validation harness's ``ablate`` uses), several units per forward pass and with the
+   network's prefix before the layer run once.
+4. **Stop** when no unverified unit can still enter the top k (the *stopping rule*,
+   :mod:`captum_gndi.verify.rule`, which derives it).
+
+Cost. Each intervention runs only the part of the network after the layer when the model can be
+traced by :mod:`torch.fx` (``engine="suffix"``, :mod:`captum_gndi.interventions.backends`): the
+prefix runs once per layer and batch, its
+values are kept, and ``units_per_pass`` edited copies of the layer's activation go through the
+suffix as one stacked batch. Models that cannot be traced use hooks on the full forward pass,
+still stacking ``units_per_pass`` copies of the inputs (``engine="hooks"``).
+
+Examples:
+    >>> from captum_gndi import find_layers, verify_top_k
+    >>> result = verify_top_k(model, loader, find_layers(model, "branch"), k=10)
+    >>> print(result)  # the exact top 10 channels, their damage, and the cost
+    >>> result.units[0], result.n_ablations, result.n_units
+    (('layer1.2.bn2', 9), 50, 336)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..baselines import LayerBaseline
+from ..interventions.ablation import batch_damage
+from ..interventions.backends import ENGINES, CleanBatch, make_backend
+from ..interventions.damage import DAMAGE_METRICS, Damage, DamageMetric, resolve_damage
+from ..interventions.selection import Unit, probe_layers
+from ..runs import (
+    DataTarget,
+    Layers,
+    baseline_label,
+    iterate_batches,
+    make_runner,
+    resolve_device,
+    resolve_layers,
+    warn_if_training,
+)
+from ..scoring import compute_gndi, layer_baselines
+from ..units import ChannelDim, LayerMask, resolve_layer_masks, unit_index
+from .result import UnitKey, VerifyResult
+from .rule import calibration_quantile, screen_and_verify
+
+__all__ = ["verify_top_k"]
+
+
+def verify_top_k(
+    model: nn.Module,
+    data: Iterable[Any],
+    layers: Layers,
+    k: int,
+    granularity: str = "channel",
+    baseline: str | float | Mapping[str, LayerBaseline] = "zero",
+    damage: Damage = "output_delta",
+    expected_misses: float = 1.0,
+    quantile: float | None = None,
+    audit: int | float | None = None,
+    units_per_pass: int = 8,
+    layer_mask: LayerMask | None = None,
+    channel_dim: ChannelDim = 1,
+    target: DataTarget = None,
+    engine: str = "auto",
+    device: torch.device | str | None = None,
+    max_batches: int | None = None,
+    max_cache_bytes: int = 2**31,
+    progress: bool = True,
+    seed: int = 0,
+) -> VerifyResult:
+    """The exact top-k units by ablation damage, verifying only what G-NDI cannot rule out.
+
+    Scores every unit with first-order G-NDI, audits a random sample of low-ranked units, then
+    ablates units in order of predicted damage until the stopping rule of the module docstring
+    holds: the k-th verified damage exceeds every unverified unit's G-NDI score times the
+    conformal ``q``-quantile of the true/predicted damage ratios seen so far.
+
+    Args:
+        model: The model, in eval mode; its output must be ``(N, K)`` (logits or an embedding).
+        data: A DataLoader or list of batches (a tensor, ``(inputs, labels)`` or
+            ``((inputs...), labels)``). It is read once and kept in memory (on ``device``).
+        layers: Dict name -> module (e.g. ``find_layers(model, "branch")``) or dotted names.
+        k: How many units to return (1 <= k <= number of units).
+        granularity: ``"channel"`` (one unit per index of ``channel_dim``) or ``"layer"`` (one
+            unit per layer); ignored when ``layer_mask`` is given (groups).
+        baseline: ``"zero"``, ``"mean"`` (each layer's data-set mean activation), a number, or a
+            dict name -> layer baseline; the same baseline for G-NDI and the ablations.
+        damage: The damage metric of the ground truth: ``"output_delta"`` (L2 norm of the output
+            change, default; ``"output_l2"`` is a synonym), ``"kl"``, ``"loss_increase"``
+            (``"loss"``), ``"accuracy_drop"`` (``"accuracy"``) or ``"embedding_cosine"`` (the
+            registry :mod:`captum_gndi.interventions.damage`), or a callable
+            ``damage(clean_out, intervened_out, labels) -> (N,)``.
+        expected_misses: The bound the rule puts on the expected number of true top-k units it
+            leaves unverified, under exchangeable ratios: sets ``q = max(0.5, 1 -
+            expected_misses / k)`` and the default audit size ``ceil(1 / (1 - q))``. Lower is
+            safer and costlier.
+        quantile: Set ``q`` directly instead (in (0, 1)).
+        audit: Size of the random audit of units outside G-NDI's top k: ``None`` for
+            ``ceil(1 / (1 - q))``, a count, or a fraction (< 1) of the units.
+        units_per_pass: Units intervened on in one stacked forward pass (memory grows with it).
+        layer_mask: Groups (Captum's ``LayerFeatureAblation`` convention): an integer tensor
+            broadcastable to the activation holding group ids ``0..G-1``, one for all layers,
+            or a dict / list with one per layer. The ground truth of group g sets the elements
+            with ``mask == g`` to the baseline.
+        channel_dim: Activation dimension(s) holding the channels (1 for CNNs, -1 for
+            transformer states, a tuple for e.g. position x head; the unit index is then the
+            row-major flat index).
+        target: G-NDI's target (``None``: the norm over the whole output, which matches
+            ``output_delta``; ``"label"`` or a class index otherwise).
+        engine: ``"auto"`` (traced suffix when :mod:`torch.fx` can trace the model, hooks
+            otherwise), ``"suffix"`` or ``"hooks"``.
+        device: Where to run (default: the model's device).
+        max_batches: Use at most this many batches.
+        max_cache_bytes: Memory for cached prefix values (beyond it prefixes are recomputed).
+        progress: Show progress bars.
+        seed: Seed of the audit sample.
+
+    Returns:
+        A :class:`VerifyResult`: the top k ``units`` with their ``damages``, ``n_ablations``,
+        ``n_units``, ``miss_probability``, ...; ``print(result)`` shows a table.
+
+    Raises:
+        ValueError: For ``k < 1`` or ``k > n_units``, an unknown damage metric (or a labelled
+            one on unlabelled data), a bad granularity, audit or engine.
+
+    Examples:
+        >>> result = verify_top_k(model, loader, find_layers(model, "branch"), k=20)
+        >>> print(result)
+        >>> result.units[:3], result.fraction, result.miss_probability
+        >>> # groups: two halves of every channel's spatial map
+        >>> mask = (torch.arange(16 * 32 * 32).reshape(1, 16, 32, 32) // 512)
+        >>> verify_top_k(model, loader, ["layer1.0.bn2"], k=4, layer_mask=mask)
+    """
+    start = time.perf_counter()
+    calibration_quantile(k, expected_misses, quantile, units_per_pass)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
+    if layer_mask is None and granularity not in ("channel", "layer"):
+        raise ValueError(
+            f"granularity must be 'channel' or 'layer' (or pass layer_mask for groups), got "
+            f"{granularity!r}."
+        )
+    warn_if_training(model)
+    named = resolve_layers(model, layers)
+    names = list(named)
+    device = resolve_device(model, device)
+    batches: list[CleanBatch] = []
+    for inputs, labels in iterate_batches(data, device, max_batches, False, "verify_top_k"):
+        with torch.no_grad():
+            clean = make_runner(model, inputs, None, None)()
+        batches.append(CleanBatch(inputs, labels, clean.detach()))
+    metric = _check_damage(damage, all(b.labels is not None for b in batches))
+    cached = [(b.inputs, b.labels) if b.labels is not None else (b.inputs,) for b in batches]
+    baselines = layer_baselines(model, cached, named, baseline, device, False)
+
+    # screen: G-NDI of every unit
+    depth, shapes = probe_layers(model, batches[0].inputs, named)
+    masks = resolve_layer_masks(layer_mask, names)
+    mode = "group" if masks is not None else granularity
+    screen = compute_gndi(
+        model,
+        cached,
+        named,
+        baseline=baselines,
+        target=target,
+        device=device,
+        progress=progress,
+        granularity=granularity,  # type: ignore[arg-type]
+        channel_dim=channel_dim,  # type: ignore[arg-type]
+        layer_mask=masks,
+    )
+    scores: dict[UnitKey, float] = {}
+    for name in sorted(names, key=depth.__getitem__):
+        values = screen.mean[name].detach().double().flatten().cpu().numpy()
+        if mode == "layer":
+            scores[Unit(name, None, depth[name]).key] = float(values.sum())
+        else:
+            units = [
+                Unit(name, g, depth[name])
+                if mode == "channel"
+                else Unit(name, None, depth[name], g)
+                for g in range(len(values))
+            ]
+            scores.update({unit.key: float(v) for unit, v in zip(units, values)})
+    if k > len(scores):
+        raise ValueError(
+            f"k={k} is larger than the number of units ({len(scores)} {mode} units in "
+            f"{len(names)} layers); pass k <= {len(scores)}."
+        )
+    scoring_s = time.perf_counter() - start
+
+    # verify: exact interventions through the interventions package
+    unit_masks = {
+        name: unit_index(
+            mode, shapes[name], name, channel_dim, None if masks is None else masks[name], device
+        ).mask
+        for name in names
+    }
+    backend = make_backend(model, named, engine, max_cache_bytes)
+    metrics = {metric.name: metric}
+    count = sum(b.clean.shape[0] for b in batches)
+
+    def ablate_units(chunk: Sequence[UnitKey]) -> dict[UnitKey, float]:
+        by_layer: dict[str, list[int | None]] = {}
+        for name, index in chunk:
+            by_layer.setdefault(name, []).append(index)
+        found: dict[UnitKey, float] = {}
+        for name, ids in by_layer.items():
+            total = torch.zeros(len(ids), dtype=torch.float64)
+            for position, batch in enumerate(batches):
+                per_example = batch_damage(
+                    backend, name, position, batch, baselines[name], unit_masks[name], ids,
+                    metrics, units_per_pass,
+                )[metric.name]  # fmt: skip
+                total += per_example.double().sum(1).cpu()
+            found.update({(name, g): float(d) for g, d in zip(ids, (total / count).numpy())})
+        return found
+
+    result = screen_and_verify(
+        scores,
+        ablate_units,
+        k,
+        expected_misses=expected_misses,
+        quantile=quantile,
+        audit=audit,
+        units_per_pass=units_per_pass,
+        seed=seed,
+        progress=progress,
+    )
+    result.damage, result.engine = metric.name, backend.name
+    result.timings = {
+        "scoring_s": scoring_s,
+        "verify_s": result.timings["verify_s"],
+        "total_s": time.perf_counter() - start,
+    }
+    result.settings.update(
+        {
+            "granularity": mode,
+            "baseline": baseline_label(baseline),
+            "damage": metric.name,
+            "channel_dim": channel_dim if isinstance(channel_dim, int) else list(channel_dim),
+            "target": target,
+            "n_examples": count,
+        }
+    )
+    return result
+
+
+def _check_damage(damage: Damage, has_labels: bool) -> DamageMetric:
+    """The one damage metric of :func:`verify_top_k` (a name, an alias or a callable)."""
+    if not isinstance(damage, str) and not callable(damage):
+        raise TypeError(
+            f"damage must be one metric name (a string) or a callable, got "
+            f"{type(damage).__name__}; choose from {DAMAGE_METRICS}."
+        )
+    (metric,) = resolve_damage(damage, has_labels=True).values()
+    if metric.needs_labels and not has_labels:
+        raise ValueError(
+            f"damage={metric.name!r} needs labelled data (batches of (inputs, labels)) and a "
+            "classifier's logits; use damage='output_delta' for unlabelled data."
+        )
+    return metric
