@@ -275,9 +275,10 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 neuron, or ``"group"`` (N, G) with ``layer_mask`` (implied by it).
             n_steps: Integration points for path-integrated G-NDI; 1 is the paper's
                 first-order G-NDI (the Jacobian at the actual activation). With ``n_steps > 1``
-                every unit is integrated along its own path ``b_u + a (h - b)_u`` with the rest
-                of the layer at ``h``, so each score converges to the effect of intervening on
-                that unit alone (``units x n_steps`` tangent passes).
+                and ``path="unit"`` every unit is integrated along its own path
+                ``b_u + a (h - b)_u`` with the rest of the layer at ``h``, so each score
+                converges to the effect of intervening on that unit alone (``units x n_steps``
+                tangent passes); ``path="input"`` is EAP-IG (below).
             method: Captum approximation method for ``n_steps > 1`` (``"gausslegendre"``,
                 ``"riemann_trapezoid"``, ...).
             channel_dim: Activation dimension(s) holding the units of ``"channel"``

@@ -32,12 +32,19 @@ Two engines compute the same numbers:
   time: memory is linear in K) gives dy_k/dh for all layers at once; ``J(h - b)`` is summed into
   units one output dimension (one chunk) at a time. Path-integrated G-NDI needs one recorded pass
   per cell.
+- the input path (``path="input"``, EAP-IG, :func:`input_path_effects`): one recorded pass and
+  ``K`` VJPs at each point of a path in input space (``job.input_path``), every gradient times the
+  clean ``h - b``: ``n_steps`` passes for every unit of every layer.
+
+Before path integration :func:`compute_effects` counts the passes (:func:`pass_counts`,
+:func:`input_path_passes`) and warns when they exceed exact ablation of every unit.
 
 :func:`true_effects` computes the exact intervention effect ``f(x) - f(x; do(h_L := b_L))``.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Sequence
@@ -385,8 +392,20 @@ def _warn_cost(cost: str, n_units: int, alternative: str) -> None:
         f"{n_units} units). For exact single-unit effects use captum_gndi.verify_top_k "
         f"(exact interventions in order of a first-order screen); {alternative}.",
         UserWarning,
-        stacklevel=4,
+        stacklevel=_outside_stacklevel(),
     )
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside captum_gndi and Captum (for the caller of
+    the function that warns), so that the warning names the user's line."""
+    frame, level = inspect.currentframe(), 0
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in (
+        "captum_gndi",
+        "captum",
+    ):
+        frame, level = frame.f_back, level + 1
+    return max(level, 1)
 
 
 def signed_effect(effect: Tensor, label: str = "layer") -> Tensor:

@@ -4,7 +4,8 @@ One forward pass adds a zero leaf ``eps`` to every layer's activation, and one v
 product per row of the readout (one per output dimension, built one row at a time so memory is
 linear in K; or ``n_probes`` random rows, :mod:`captum_gndi.readouts`) gives ``v . dy/dh`` for
 all layers at once; ``J(h - b)`` is summed into units one row (one chunk) at a time.
-Path-integrated G-NDI needs one recorded pass per cell.
+Path-integrated G-NDI needs one recorded pass per cell; the input path (``path="input"``,
+:func:`input_path_effects`) one recorded pass per integration point for all units.
 """
 
 from __future__ import annotations

@@ -239,6 +239,27 @@ def test_vector_output_is_the_path_averaged_jacobian_times_the_change() -> None:
     torch.testing.assert_close(signed, effect[2])
 
 
+def test_probes_project_every_point_on_the_clean_outputs_rows() -> None:
+    """With n_probes, each point of the path is projected on the same rows, drawn from the clean
+    output (for the Fisher norm: classes from the clean softmax), so the estimate is that of the
+    exact path-averaged effect."""
+    from captum_gndi.readouts import make_readout
+
+    model = MLP().double().eval()
+    x, b = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    gndi = LayerGNDI(model, model.act1)
+    common = dict(baselines=b, n_steps=3, path="input", granularity="unit")
+    effect = torch.stack(
+        [gndi.attribute(x, **common, target=k, signed=True) for k in range(3)]
+    )  # (K, N, units), exact
+    readout = make_readout("fisher", n_probes=5, seed=7)
+    with torch.no_grad():
+        rows = readout.rows(0, 5, model(x))  # (m, N, K)
+    expected = torch.einsum("mnk,knu->mnu", rows, effect).norm(dim=0)
+    got = gndi.attribute(x, **common, norm="fisher", n_probes=5, probe_seed=7)
+    torch.testing.assert_close(got, expected)
+
+
 def test_layer_affine_in_the_input_completes_to_the_total_change() -> None:
     """Where the layer moves linearly along the input path (here the first Linear), the signed
     unit scores sum to f(x) - f(b): the integrated-gradients decomposition."""
@@ -341,6 +362,10 @@ def test_per_unit_path_warns_with_its_pass_count() -> None:
     assert "about 33 passes in forward mode (8 units x 4 steps" in message
     assert "(9 forward passes for 8 units)" in message
     assert "path='input'" in message and "verify_top_k" in message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    assert {w.filename for w in caught if "exact ablation" in str(w.message)} == {__file__}
     (message,) = cost_warnings(
         lambda: gndi.attribute(x, n_steps=4, granularity="channel", mode="reverse")
     )
