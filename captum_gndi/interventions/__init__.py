@@ -18,11 +18,13 @@ Modules, from the bottom up:
   ``LayerFeatureAblation``).
 - :mod:`~captum_gndi.interventions.ablation`: batched ablation (:func:`~.ablation.batch_damage`,
   :func:`~.ablation.ablate`, :func:`~.ablation.intervened_output`).
+- :mod:`~captum_gndi.interventions.patching`: exact activation patching in TransformerLens's
+  shapes, on :func:`~.ablation.batch_damage` with per-example baselines.
 
 This package re-exports the public names of ``hooks``, ``edits`` and ``damage``, which import
-nothing else of captum_gndi. ``selection``, ``lfa`` and ``ablation`` read data and batches
-through :mod:`captum_gndi.runs` (which itself imports the hook helper), so they, like
-``suffix`` and ``backends``, are imported by their full path
+nothing else of captum_gndi. ``selection``, ``lfa``, ``ablation`` and ``patching`` read data
+and batches through :mod:`captum_gndi.runs` (which itself imports the hook helper), so they,
+like ``suffix`` and ``backends``, are imported by their full path
 (``from captum_gndi.interventions.ablation import ablate``) or through the public re-exports
 of :mod:`captum_gndi.validation`; importing them here would be an import cycle.
 """

@@ -2,7 +2,9 @@
 
 Units are whole layers, channels, or the groups of a ``layer_mask`` (Captum's
 ``LayerFeatureAblation`` semantics; the ground truth of a group is Captum's
-``LayerFeatureAblation`` itself, see :mod:`captum_gndi.validation.ablation`).
+``LayerFeatureAblation`` itself, see :mod:`captum_gndi.interventions.lfa`). The ablation, the
+damage metrics and the default metrics (``LABELLED_DEFAULT`` / ``UNLABELLED_DEFAULT`` of
+:mod:`captum_gndi.interventions.damage`) are those of :mod:`captum_gndi.interventions`.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def validate(
 ) -> ValidationReport:
     """Check how well importance criteria predict the damage of true interventions.
 
-    Runs :func:`~captum_gndi.validation.ablation.ablate` (the damage of ``do(h := b)`` on every
+    Runs :func:`~captum_gndi.interventions.ablation.ablate` (the damage of ``do(h := b)`` on every
     unit), :func:`~captum_gndi.criteria.score_criteria` (every criterion's score of the
     same units, with the same baseline) and
     :func:`~captum_gndi.validation.report.build_report` (correlations with bootstrap intervals,
