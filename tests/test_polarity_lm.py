@@ -7,19 +7,23 @@ perplexity test reads the corpus from the shared data folder, and skips without 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
+import captum_gndi.zoo
 from captum_gndi.zoo import POLARITY_LM_DIR, load_polarity_lm, polarity_lm_perplexity
 from captum_gndi.zoo.polarity_lm import (
     POLARITY_CORPUS,
     TRAINING_FILE,
     load_polarity_sentences,
-    train_polarity_tokenizer,
 )
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "train_polarity_lm.py"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -131,7 +135,25 @@ def test_heldout_perplexity_below_bound(lm, shared_data, training_info):
     assert ppl > 1.0
 
 
-def test_tokenizer_training_is_deterministic():
+@pytest.fixture(scope="module")
+def train_script():
+    spec = importlib.util.spec_from_file_location("train_polarity_lm", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_lives_in_the_experiment_script_and_the_old_path_warns(train_script):
+    assert "train_polarity_tokenizer" not in captum_gndi.zoo.polarity_lm.__all__
+    assert "train_polarity_lm" not in captum_gndi.zoo.__all__
+    with pytest.warns(DeprecationWarning, match="experiments/train_polarity_lm.py"):
+        old = captum_gndi.zoo.train_polarity_lm
+    assert old.__code__.co_filename == str(SCRIPT)
+    assert old.__code__.co_code == train_script.train_polarity_lm.__code__.co_code
+
+
+def test_tokenizer_training_is_deterministic(train_script):
+    train_polarity_tokenizer = train_script.train_polarity_tokenizer
     texts = ["a good film .", "a bad film , a sad film .", "the film is good"] * 3
     first = train_polarity_tokenizer(texts, vocab_size=300)
     second = train_polarity_tokenizer(texts, vocab_size=300)

@@ -49,7 +49,6 @@ from captum_gndi.zoo.polarity_lm import (
     load_polarity_lm,
     load_polarity_sentences,
     polarity_lm_perplexity,
-    train_polarity_lm,
 )
 from captum_gndi.zoo.resnet18_cifar import TorchvisionBasicBlock, resnet18_cifar
 from captum_gndi.zoo.smollm2 import (
@@ -102,7 +101,6 @@ __all__ = [
     "smollm2_cache_dir",
     "smollm2_gguf_file",
     "train_digits_resnet",
-    "train_polarity_lm",
 ]
 
 _CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
@@ -138,3 +136,12 @@ def get_model(name: str, weights: WeightsSource | None = None) -> nn.Module:
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ValueError(f"unknown model {name!r}; {hint}known models: {', '.join(MODEL_NAMES)}")
     return _CONSTRUCTORS[name](weights=weights)
+
+
+def __getattr__(name: str) -> object:
+    """``train_polarity_lm`` moved to ``experiments/train_polarity_lm.py`` (deprecated here)."""
+    if name == "train_polarity_lm":
+        from captum_gndi.zoo import polarity_lm
+
+        return getattr(polarity_lm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,24 +9,28 @@ split of 10% of the sentences that neither the tokenizer nor the model sees in t
 
 A trained checkpoint ships in the package (:data:`POLARITY_LM_DIR`: float16 safetensors weights,
 loaded back as float32, and ``tokenizer.json``) and ``experiments/train_polarity_lm.py``
-reproduces it. Each sequence is ``<|endoftext|> sentence <|endoftext|>``: the tokenizer adds the
-leading ``<|endoftext|>`` (BOS) itself, the trailing one (EOS) is appended for training and
-perplexity only, so the last real token of a tokenized prompt is its last word and next-token
+reproduces it: the tokenizer trainer and the training loop live in that script, not in the
+installed package; this module loads the checkpoint, reads the corpus with the fixed split and
+scores perplexity (the helpers :func:`encode_sentences`, :func:`pad_right` and
+:func:`next_token_nll` are shared with the script).
+
+Each sequence is ``<|endoftext|> sentence <|endoftext|>``: the tokenizer adds the leading
+``<|endoftext|>`` (BOS) itself, the trailing one (EOS) is appended for training and perplexity
+only, so the last real token of a tokenized prompt is its last word and next-token
 predictions continue the sentence. Batches pad on the right with ``<|pad|>`` and come with an
 ``attention_mask``.
 """
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import math
 import os
-import random
-import time
+import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 import torch
@@ -35,20 +39,20 @@ from torch import Tensor
 from captum_gndi.zoo.data import shared_data_dir
 
 if TYPE_CHECKING:  # transformers is an optional dependency (the ``nlp`` extra)
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 __all__ = [
     "POLARITY_CORPUS",
     "POLARITY_LM_DIR",
     "POLARITY_LM_EOS",
     "POLARITY_LM_PAD",
+    "encode_sentences",
     "load_polarity_lm",
     "load_polarity_sentences",
+    "next_token_nll",
+    "pad_right",
     "polarity_corpus_path",
-    "polarity_lm_config",
     "polarity_lm_perplexity",
-    "train_polarity_lm",
-    "train_polarity_tokenizer",
 ]
 
 POLARITY_LM_DIR = Path(__file__).resolve().parent / "checkpoints" / "polarity_lm"
@@ -68,6 +72,13 @@ MODEL_INPUT_NAMES = ("input_ids", "attention_mask")
 """What the tokenizer returns (no ``token_type_ids``: GPT-2 would add their embeddings)."""
 
 TRAINING_FILE = "training.json"
+"""The metadata file the training script writes next to the checkpoint."""
+
+TRAINING_SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "train_polarity_lm.py"
+"""The script that trains the tokenizer and the LM (present in a checkout of the repository)."""
+
+MOVED_TO_SCRIPT = ("polarity_lm_config", "train_polarity_lm", "train_polarity_tokenizer")
+"""Training functions that moved from this module to :data:`TRAINING_SCRIPT`."""
 _MEMBERS = {"pos": 1, "neg": 0}  # rt-polarity.<suffix> -> label
 Split = Literal["train", "heldout", "all"]
 PathLike = Union[str, os.PathLike]
@@ -182,112 +193,33 @@ def load_polarity_sentences(
     return rows if labels else [text for text, _ in rows]
 
 
-def train_polarity_tokenizer(
-    sentences: Sequence[str], vocab_size: int = 4096, max_length: int = 64
-) -> PreTrainedTokenizerFast:
-    """Train a GPT-2-style byte-level BPE tokenizer on sentences.
-
-    The pre-tokenizer adds a prefix space, so a sentence's first word gets the same tokens as
-    the same word inside a sentence, and the decoder removes it again: decoding the ids of a
-    stripped sentence returns it exactly. Training is deterministic (same sentences, same
-    vocabulary).
+def encode_sentences(
+    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_length: int
+) -> list[list[int]]:
+    """``BOS text EOS`` token ids per text, cut at ``max_length`` (a cut sequence has no EOS).
 
     Args:
-        sentences: Training text, one sentence each.
-        vocab_size: Vocabulary size including the 256 byte tokens and the two special tokens.
-        max_length: ``model_max_length`` of the tokenizer (the model's number of positions).
+        tokenizer: The LM's tokenizer (it adds the BOS itself).
+        texts: The sentences.
+        max_length: Longest sequence.
 
     Returns:
-        A ``PreTrainedTokenizerFast`` that prepends :data:`POLARITY_LM_EOS` (id 0) as BOS and pads
-        on the right with :data:`POLARITY_LM_PAD` (id 1).
-
-    Examples:
-        >>> tokenizer = train_polarity_tokenizer(["a good film .", "a bad film ."], vocab_size=300)
-        >>> tokenizer("a good film .")["input_ids"][0] == tokenizer.bos_token_id
-        True
+        One list of ids per text.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    transformers = _transformers()
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[POLARITY_LM_EOS, POLARITY_LM_PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(list(sentences), trainer)
-    bos = tokenizer.token_to_id(POLARITY_LM_EOS)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{POLARITY_LM_EOS} $A",
-        pair=f"{POLARITY_LM_EOS} $A {POLARITY_LM_EOS} $B",
-        special_tokens=[(POLARITY_LM_EOS, bos)],
-    )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=POLARITY_LM_EOS,
-        eos_token=POLARITY_LM_EOS,
-        pad_token=POLARITY_LM_PAD,
-        model_max_length=max_length,
-        padding_side="right",
-        add_prefix_space=True,  # transformers resets the pre-tokenizer's flag unless passed
-        model_input_names=list(MODEL_INPUT_NAMES),  # GPT-2 would embed token_type_ids
-        clean_up_tokenization_spaces=False,  # the corpus writes " ." and " , ": keep them
-    )
-
-
-def polarity_lm_config(
-    vocab_size: int,
-    n_positions: int = 64,
-    n_embd: int = 128,
-    n_layer: int = 4,
-    n_head: int = 4,
-    dropout: float = 0.1,
-) -> GPT2Config:
-    """The GPT-2 configuration of the polarity LM, built from scratch (no hub download).
-
-    Args:
-        vocab_size: Tokenizer vocabulary size.
-        n_positions: Maximum sequence length.
-        n_embd: Width of the residual stream (the MLP is 4 times as wide).
-        n_layer: Number of transformer blocks.
-        n_head: Attention heads per block.
-        dropout: Residual, embedding and attention dropout used in training.
-
-    Returns:
-        A ``GPT2Config`` with eager attention, BOS = EOS = 0 and PAD = 1.
-
-    Examples:
-        >>> polarity_lm_config(4096).n_layer
-        4
-    """
-    transformers = _transformers()
-    config = transformers.GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=n_positions,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
-    config._attn_implementation = "eager"
-    return config
-
-
-def _encode(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_length: int):
-    """``BOS text EOS`` ids per text, cut at ``max_length`` (a cut sequence has no EOS)."""
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     return [(row + [tokenizer.eos_token_id])[:max_length] for row in ids]
 
 
-def _collate(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token-id rows as one right-padded ``(N, T)`` batch and its attention mask.
+
+    Args:
+        rows: Token ids per sequence.
+        pad_id: The padding token's id.
+
+    Returns:
+        ``(input_ids, attention_mask)``, both ``(N, longest row)`` int64.
+    """
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -297,8 +229,17 @@ def _collate(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor
     return ids, mask
 
 
-def _token_nll(model, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed next-token NLL over real target tokens, and their count."""
+def next_token_nll(model: GPT2LMHeadModel, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed next-token negative log-likelihood over the real target tokens, and their count.
+
+    Args:
+        model: A causal LM taking ``input_ids`` and ``attention_mask``.
+        ids: ``(N, T)`` token ids.
+        mask: ``(N, T)`` attention mask (1 for real tokens).
+
+    Returns:
+        ``(summed NLL, number of predicted tokens)``.
+    """
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     nll = torch.nn.functional.cross_entropy(
@@ -350,178 +291,15 @@ def polarity_lm_perplexity(
     model.eval()
     total, count = 0.0, 0
     try:
-        rows = _encode(tokenizer, texts, max_length)
+        rows = encode_sentences(tokenizer, texts, max_length)
         for start in range(0, len(rows), batch_size):
-            ids, mask = _collate(rows[start : start + batch_size], tokenizer.pad_token_id)
-            nll, n = _token_nll(model, ids.to(device), mask.to(device))
+            ids, mask = pad_right(rows[start : start + batch_size], tokenizer.pad_token_id)
+            nll, n = next_token_nll(model, ids.to(device), mask.to(device))
             total += nll.item()
             count += int(n)
     finally:
         model.train(was_training)
     return math.exp(total / max(count, 1))
-
-
-def _batches(
-    rows: list[list[int]], batch_size: int, generator: torch.Generator, bucket: int = 50
-) -> list[list[list[int]]]:
-    """Shuffle, sort by length within buckets of ``bucket`` batches (less padding), and
-    shuffle the batches."""
-    order = torch.randperm(len(rows), generator=generator).tolist()
-    span = batch_size * bucket
-    batches = []
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda i: len(rows[i]))
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    perm = torch.randperm(len(batches), generator=generator).tolist()
-    return [[rows[i] for i in batches[j]] for j in perm]
-
-
-def train_polarity_lm(
-    corpus_path: PathLike | None = None,
-    out_dir: PathLike | None = None,
-    seed: int = 0,
-    *,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    weight_decay: float = 0.1,
-    warmup_steps: int = 200,
-    vocab_size: int = 4096,
-    max_length: int = 64,
-    heldout_fraction: float = 0.1,
-    dropout: float = 0.1,
-    dtype: torch.dtype = torch.float16,
-    log: Optional[Callable[[str], None]] = print,
-) -> dict[str, object]:
-    """Train the tokenizer and the GPT-2 LM on the polarity corpus and save both.
-
-    Deterministic on the CPU for a given seed and thread count: the held-out split, the
-    initialisation, the batch order and dropout all derive from ``seed``. The tokenizer is
-    trained on the training split only. Optimiser: AdamW (betas 0.9 / 0.95, no weight decay on
-    biases, LayerNorms and embeddings' positions) with linear warm-up and cosine decay to 10%,
-    gradient clipping at 1.0.
-
-    Args:
-        corpus_path: The sentence-polarity zip or folder (default: :func:`polarity_corpus_path`).
-        out_dir: Where to write the checkpoint (default: :data:`POLARITY_LM_DIR`); holds
-            ``model.safetensors``, ``config.json``, ``tokenizer.json`` (+ its config files) and
-            ``training.json`` afterwards.
-        seed: Seed of the split, the initialisation, the batch order and dropout.
-        epochs: Passes over the training split.
-        batch_size: Sentences per step.
-        lr: Peak learning rate.
-        weight_decay: AdamW weight decay of the weight matrices.
-        warmup_steps: Linear warm-up steps.
-        vocab_size: Tokenizer vocabulary size.
-        max_length: Positions of the model; longer sentences are cut.
-        heldout_fraction: Share of sentences held out (see :func:`load_polarity_sentences`).
-        dropout: Dropout of the model in training.
-        dtype: Storage dtype of the saved weights (``torch.float16`` keeps the file small;
-            :func:`load_polarity_lm` reads them back as float32).
-        log: Called with one progress line per epoch (``None``: silent).
-
-    Returns:
-        The metadata written to ``training.json``: hyperparameters, split, parameter count,
-        per-epoch held-out perplexity, the held-out perplexity of the *saved* (``dtype``)
-        weights, and the training time in seconds.
-
-    Examples:
-        >>> info = train_polarity_lm(out_dir="/tmp/polarity_lm", epochs=1)
-        >>> model, tokenizer = load_polarity_lm("/tmp/polarity_lm")
-    """
-    transformers = _transformers()
-    out = Path(out_dir).expanduser() if out_dir is not None else POLARITY_LM_DIR
-    started = time.perf_counter()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    split = dict(seed=seed, heldout_fraction=heldout_fraction)
-    train_texts = load_polarity_sentences(corpus_path, "train", **split)
-    heldout_texts = load_polarity_sentences(corpus_path, "heldout", **split)
-    tokenizer = train_polarity_tokenizer(train_texts, vocab_size, max_length)
-    config = polarity_lm_config(len(tokenizer), max_length, dropout=dropout)
-    model = transformers.GPT2LMHeadModel(config)
-    train_rows = _encode(tokenizer, train_texts, max_length)
-
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "wpe" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "wpe" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
-    steps_per_epoch = math.ceil(len(train_rows) / batch_size)
-    total_steps = epochs * steps_per_epoch
-
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        epoch_nll, epoch_tokens = 0.0, 0
-        for batch in _batches(train_rows, batch_size, generator):
-            ids, mask = _collate(batch, tokenizer.pad_token_id)
-            nll, n = _token_nll(model, ids, mask)
-            optimizer.zero_grad(set_to_none=True)
-            (nll / n).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            epoch_nll += nll.item()
-            epoch_tokens += int(n)
-        heldout_ppl = polarity_lm_perplexity(model, tokenizer, heldout_texts)
-        row = dict(
-            epoch=epoch + 1,
-            train_ppl=round(math.exp(epoch_nll / epoch_tokens), 3),
-            heldout_ppl=round(heldout_ppl, 3),
-            seconds=round(time.perf_counter() - started, 1),
-        )
-        history.append(row)
-        if log is not None:
-            log(
-                f"epoch {row['epoch']}/{epochs}: train ppl {row['train_ppl']:.2f}, "
-                f"held-out ppl {row['heldout_ppl']:.2f} ({row['seconds']:.0f} s)"
-            )
-    train_seconds = time.perf_counter() - started
-
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.to(dtype).save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    saved, saved_tokenizer = load_polarity_lm(out)
-    saved_ppl = polarity_lm_perplexity(saved, saved_tokenizer, heldout_texts)
-    info: dict[str, object] = dict(
-        corpus="sentence_polarity.zip (Pang & Lee 2005, v1.0)",
-        n_train_sentences=len(train_texts),
-        n_heldout_sentences=len(heldout_texts),
-        split=split,
-        vocab_size=len(tokenizer),
-        n_positions=max_length,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        n_embd=config.n_embd,
-        n_parameters=sum(p.numel() for p in saved.parameters()),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_steps=warmup_steps,
-        dropout=dropout,
-        saved_dtype=str(dtype).replace("torch.", ""),
-        torch_threads=torch.get_num_threads(),
-        history=history,
-        heldout_perplexity=round(saved_ppl, 3),
-        train_seconds=round(train_seconds, 1),
-        versions=dict(torch=torch.__version__, transformers=transformers.__version__),
-    )
-    (out / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return info
 
 
 def load_polarity_lm(
@@ -530,8 +308,8 @@ def load_polarity_lm(
     """Load the polarity LM and its tokenizer from a local folder (no network).
 
     Args:
-        path: A folder written by :func:`train_polarity_lm` (default: the checkpoint shipped in
-            the package, :data:`POLARITY_LM_DIR`).
+        path: A folder written by ``experiments/train_polarity_lm.py`` (default: the checkpoint
+            shipped in the package, :data:`POLARITY_LM_DIR`).
 
     Returns:
         ``(model, tokenizer)``: a float32 ``GPT2LMHeadModel`` in eval mode with eager attention,
@@ -573,3 +351,29 @@ def load_polarity_lm(
     )
     tokenizer.padding_side = "right"
     return model, tokenizer
+
+
+def __getattr__(name: str) -> Any:
+    """The training functions that moved to ``experiments/train_polarity_lm.py``, for one release.
+
+    Reading one warns (``DeprecationWarning``) and returns it from that script when the
+    repository checkout has it.
+    """
+    if name not in MOVED_TO_SCRIPT:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"captum_gndi.zoo.{name} moved to experiments/train_polarity_lm.py (the zoo only loads "
+        "models); import it from that script.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    if not TRAINING_SCRIPT.is_file():
+        raise AttributeError(
+            f"{name} moved to experiments/train_polarity_lm.py, which this installation does not "
+            "include; use a checkout of the repository."
+        )
+    spec = importlib.util.spec_from_file_location("train_polarity_lm", TRAINING_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return getattr(script, name)
