@@ -9,7 +9,7 @@ from typing import Any
 
 from ..interventions import DAMAGE_METRICS
 from .loaders import check_counts, prepare_scoring
-from .options import GRANULARITIES, GranularityOption, add_model_options
+from .options import GRANULARITIES, GranularityOption, add_baseline_option, add_model_options
 
 __all__ = ["add_parser", "run"]
 
@@ -56,12 +56,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         metavar="{layer,channel}",
         help="one unit per channel, or per layer (default channel)",
     )
-    group.add_argument(
-        "--baseline",
-        choices=("zero", "mean"),
-        default="zero",
-        help="value the intervention sets the unit to: zero or the data-set mean activation",
-    )
+    add_baseline_option(group)
     group.add_argument(
         "--damage",
         choices=DAMAGE_METRICS,
