@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
-from captum_gndi import LayerGNDI, compute_gndi, find_layers
+from captum_gndi import LayerGNDI, compute_gndi, find_layers, verify_top_k
 from captum_gndi.interventions.patching import (
     activation_patch,
     patch_heads,
@@ -368,3 +369,44 @@ def test_activation_patch_of_different_unit_shapes_is_a_clear_error() -> None:
     lm, f = models()
     with pytest.raises(ValueError, match="different unit shapes"):
         activation_patch(f, toy_task(), {"e": lm.embed, "h": lm.head}, channel_dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# verify_top_k and validate on patching data
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", ["noising", "denoising"])
+def test_verify_top_k_on_patching_data_returns_the_exact_top_k_by_absolute_mean_effect(
+    direction: str,
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_embd=16, n_layer=2, n_head=4, n_positions=16, vocab_size=VOCAB, initializer_range=0.3
+    )
+    gpt2 = transformers.GPT2LMHeadModel(config).eval()
+    task = toy_task(4)
+    heads = find_layers(gpt2, "head")
+    brute = patch_heads_by_pos(gpt2, task, heads, metric=logit_diff, direction=direction)
+    names = list(heads)
+    flat = {(n, i): float(v) for n, row in zip(names, brute.flatten(1)) for i, v in enumerate(row)}
+    result = verify_top_k(
+        gpt2, task.loader(2), heads, k=3, channel_dim=(1, 2), metric=logit_diff,
+        direction=direction, progress=False,
+    )  # fmt: skip
+    expected = sorted(flat, key=lambda u: -abs(flat[u]))[:3]
+    assert result.units == expected
+    np.testing.assert_allclose(result.effects, [flat[u] for u in expected], rtol=1e-5)
+    np.testing.assert_allclose(result.damages, np.abs(result.effects))
+    assert result.n_ablations < result.n_units == 2 * T * 4
+    assert result.damage == "abs_effect" and result.settings["direction"] == direction
+    assert "signed effect" in str(result)
+
+
+def test_verify_top_k_rejects_baselines_and_damage_with_patching_data() -> None:
+    lm, f = models()
+    with pytest.raises(ValueError, match="drop baseline=, target= and damage="):
+        verify_top_k(f, toy_task(), {"hidden": lm.hidden}, k=1, damage="kl")
+    with pytest.raises(ValueError, match="metric= needs patching data"):
+        verify_top_k(lm, [toy_task().clean], {"hidden": lm.hidden}, k=1, metric=logit_diff)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from captum_gndi import Heads, LayerGNDI, compute_gndi, find_layers, get_layer
+from captum_gndi import Heads, LayerGNDI, compute_gndi, find_layers, get_layer, verify_top_k
 from captum_gndi.adapters import LayerNotFoundError, describe_layers
 from captum_gndi.adapters.transformer_lens import (
     UnsupportedTransformerLens,
@@ -313,6 +313,24 @@ def test_compute_gndi_on_a_patching_task_stacks_like_a_transformer_lens_sweep(
     assert result.settings["direction"] == direction
 
 
+@pytest.mark.parametrize("direction", ["noising", "denoising"])
+def test_verify_top_k_on_a_patching_task_is_the_top_of_the_exact_sweep(
+    model: nn.Module, direction: str
+) -> None:
+    task = _task()
+    heads = find_layers(model, "head")
+    swept = patch_heads_by_pos(model, task, heads, metric=_metric, direction=direction)
+    result = verify_top_k(
+        model, task, heads, k=3, channel_dim=(1, 2), metric=_metric, direction=direction,
+        progress=False,
+    )  # fmt: skip
+    flat = swept.flatten()
+    order = flat.abs().argsort(descending=True)[:3].tolist()
+    per_layer = 6 * N_HEADS
+    assert result.units == [(list(heads)[i // per_layer], i % per_layer) for i in order]
+    torch.testing.assert_close(torch.tensor(result.effects), flat[order], rtol=1e-5, atol=1e-7)
+
+
 def test_exact_sweeps_equal_transformer_lens_get_act_patch_attn_head_out_by_pos() -> None:
     model = _hooked()
     from transformer_lens import patching
@@ -338,6 +356,19 @@ def test_exact_sweeps_equal_transformer_lens_get_act_patch_attn_head_out_by_pos(
     )
     per_head = patch_heads(model, task, heads, metric=_metric, direction="denoising")
     torch.testing.assert_close(corrupted_metric - per_head.float(), all_pos, rtol=1e-4, atol=1e-5)
+    # one call for the verified top k of the same sweep, and one for its first-order estimate
+    result = verify_top_k(
+        model, task, heads, k=4, channel_dim=(1, 2), metric=_metric, direction="denoising",
+        progress=False,
+    )  # fmt: skip
+    tl_effects = (corrupted_metric - swept).flatten()  # units flattened layer, pos, head
+    order = tl_effects.abs().argsort(descending=True)[:4].tolist()
+    per_layer = 6 * N_HEADS
+    assert result.units == [(list(heads)[i // per_layer], i % per_layer) for i in order]
+    torch.testing.assert_close(
+        torch.tensor(result.effects, dtype=torch.float32), tl_effects[order], rtol=1e-4, atol=1e-5
+    )
+    assert result.n_ablations < result.n_units
 
 
 # --- TransformerLens APIs the adapter does not know (fakes: no TransformerLens needed) ---

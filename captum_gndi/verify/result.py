@@ -48,6 +48,9 @@ class VerifyResult:
         engine: ``"suffix"`` or ``"hooks"`` (how interventions ran; see the module docstring).
         timings: Seconds spent scoring, verifying and in total.
         settings: The options used.
+        effects: With patching data, the top k units' signed mean effects ``f(x) - f(x;
+            do(h_u := b_u))`` (``damages`` are their absolute values), shape ``(k,)``;
+            ``None`` otherwise.
     """
 
     units: list[UnitKey]
@@ -66,6 +69,7 @@ class VerifyResult:
     engine: str
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    effects: np.ndarray | None = None
 
     @property
     def k(self) -> int:
@@ -94,6 +98,7 @@ class VerifyResult:
                     "index": unit[1],
                     "name": unit_name(unit),
                     "damage": float(self.damages[i]),
+                    **({} if self.effects is None else {"effect": float(self.effects[i])}),
                     "gndi": float(self.predicted[i]),
                     "gndi_rank": self.predicted_ranks[i],
                 }
@@ -121,13 +126,15 @@ class VerifyResult:
             "",
             self._summary(),
             "",
-            "| rank | unit | true damage | G-NDI | G-NDI rank |",
-            "|---:|---|---:|---:|---:|",
+            "| rank | unit | true damage | G-NDI | G-NDI rank |"
+            + (" signed effect |" if self.effects is not None else ""),
+            "|---:|---|---:|---:|---:|" + ("---:|" if self.effects is not None else ""),
         ]
         for i, unit in enumerate(self.units):
             lines.append(
                 f"| {i + 1} | `{unit_name(unit)}` | {self.damages[i]:.5g} "
                 f"| {self.predicted[i]:.5g} | {self.predicted_ranks[i]} |"
+                + (f" {self.effects[i]:+.5g} |" if self.effects is not None else "")
             )
         return "\n".join(lines) + "\n"
 
@@ -144,12 +151,14 @@ class VerifyResult:
         lines = [
             f"Exact top {self.k} units by {self.damage}: {self._summary()}",
             f"{'rank':>4}  {'unit':<{width}}  {'true damage':>12}  {'G-NDI':>12}  "
-            f"{'G-NDI rank':>10}",
+            f"{'G-NDI rank':>10}"
+            + (f"  {'signed effect':>13}" if self.effects is not None else ""),
         ]
         for i, name in enumerate(self.names):
             lines.append(
                 f"{i + 1:>4}  {name:<{width}}  {self.damages[i]:>12.5g}  "
                 f"{self.predicted[i]:>12.5g}  {self.predicted_ranks[i]:>10}"
+                + (f"  {self.effects[i]:>+13.5g}" if self.effects is not None else "")
             )
         return "\n".join(lines)
 

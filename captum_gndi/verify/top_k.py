@@ -18,6 +18,14 @@ activation patching:
 4. **Stop** when no unverified unit can still enter the top k (the *stopping rule*,
    :mod:`captum_gndi.verify.rule`, which derives it).
 
+Patching data. With a :class:`~captum_gndi.tasks.PatchingTask` (or a loader of ``(clean,
+corrupted, answers)`` batches) and a metric model ``f(input_ids, answers) -> (N, 1)``, the
+baseline of a unit is its activation on the other prompt of each pair (per example, see
+:mod:`captum_gndi.patching`), the screen is the absolute mean of signed first-order G-NDI, and
+the true damage of a unit is the absolute mean of its exact patching effect ``f(x) - f(x;
+do(h_u := b_u))`` (:data:`captum_gndi.interventions.patching.EFFECT`), whose signed value is
+kept in ``result.effects``.
+
 Cost. Each intervention runs only the part of the network after the layer when the model can be
 traced by :mod:`torch.fx` (``engine="suffix"``, :mod:`captum_gndi.interventions.backends`): the
 prefix runs once per layer and batch, its
@@ -36,17 +44,20 @@ Examples:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..baselines import LayerBaseline
 from ..interventions.ablation import batch_damage
 from ..interventions.backends import ENGINES, CleanBatch, make_backend
 from ..interventions.damage import DAMAGE_METRICS, Damage, DamageMetric, resolve_damage
+from ..interventions.patching import EFFECT, patched_batches
 from ..interventions.selection import Unit, probe_layers
+from ..patching import check_direction, is_patching_data, metric_model, source_label
 from ..runs import (
     DataTarget,
     Layers,
@@ -86,6 +97,8 @@ def verify_top_k(
     max_cache_bytes: int = 2**31,
     progress: bool = True,
     seed: int = 0,
+    direction: str = "noising",
+    metric: Callable[[Any, Tensor], Tensor] | None = None,
 ) -> VerifyResult:
     """The exact top-k units by ablation damage, verifying only what G-NDI cannot rule out.
 
@@ -98,6 +111,10 @@ def verify_top_k(
         model: The model, in eval mode; its output must be ``(N, K)`` (logits or an embedding).
         data: A DataLoader or list of batches (a tensor, ``(inputs, labels)`` or
             ``((inputs...), labels)``). It is read once and kept in memory (on ``device``).
+            Or patching data (see the module docstring): a
+            :class:`~captum_gndi.tasks.PatchingTask` or a list of ``PatchingBatch``; ``model``
+            is then a metric model ``f(input_ids, answers) -> (N, 1)`` (or the model with
+            ``metric``), and ``baseline``, ``damage`` and ``target`` are fixed by the task.
         layers: Dict name -> module (e.g. ``find_layers(model, "branch")``) or dotted names.
         k: How many units to return (1 <= k <= number of units).
         granularity: ``"channel"`` (one unit per index of ``channel_dim``) or ``"layer"`` (one
@@ -133,6 +150,11 @@ def verify_top_k(
         max_cache_bytes: Memory for cached prefix values (beyond it prefixes are recomputed).
         progress: Show progress bars.
         seed: Seed of the audit sample.
+        direction: With patching data: ``"noising"`` (default: run the clean prompt, patch
+            corrupted activations in) or ``"denoising"`` (run the corrupted prompt, patch clean
+            activations in: TransformerLens's default).
+        metric: With patching data: ``metric(output, answers)``, one number per example, with
+            a plain model.
 
     Returns:
         A :class:`VerifyResult`: the top k ``units`` with their ``damages``, ``n_ablations``,
@@ -149,6 +171,10 @@ def verify_top_k(
         >>> # groups: two halves of every channel's spatial map
         >>> mask = (torch.arange(16 * 32 * 32).reshape(1, 16, 32, 32) // 512)
         >>> verify_top_k(model, loader, ["layer1.0.bn2"], k=4, layer_mask=mask)
+        >>> # the ten heads whose patching moves the IOI logit difference most
+        >>> result = verify_top_k(tasks.logit_diff(lm), task, find_layers(lm, "head"), k=10,
+        ...                       channel_dim=2)
+        >>> result.units[0], result.effects[0], result.n_ablations
     """
     start = time.perf_counter()
     calibration_quantile(k, expected_misses, quantile, units_per_pass)
@@ -159,18 +185,41 @@ def verify_top_k(
             f"granularity must be 'channel' or 'layer' (or pass layer_mask for groups), got "
             f"{granularity!r}."
         )
+    patching = is_patching_data(data)
+    if patching:
+        check_direction(direction)
+        if baseline not in (None, "zero") or target is not None or damage != "output_delta":
+            raise ValueError(
+                "With patching data the baseline of a unit is its activation on the other "
+                "prompt, and the damage the change of the metric model's output; drop "
+                "baseline=, target= and damage=."
+            )
+        model = metric_model(model, metric)
+    elif metric is not None:
+        raise ValueError(
+            "metric= needs patching data (a PatchingTask or a list of PatchingBatch); for "
+            "other data pass the metric as the model itself."
+        )
     warn_if_training(model)
     named = resolve_layers(model, layers)
     names = list(named)
     device = resolve_device(model, device)
     batches: list[CleanBatch] = []
-    for inputs, labels in iterate_batches(data, device, max_batches, False, "verify_top_k"):
-        with torch.no_grad():
-            clean = make_runner(model, inputs, None, None)()
-        batches.append(CleanBatch(inputs, labels, clean.detach()))
-    metric = _check_damage(damage, all(b.labels is not None for b in batches))
-    cached = [(b.inputs, b.labels) if b.labels is not None else (b.inputs,) for b in batches]
-    baselines = layer_baselines(model, cached, named, baseline, device, False)
+    batch_baselines: list[Mapping[str, LayerBaseline]] = []
+    if patching:
+        for item in patched_batches(model, data, named, direction, device, max_batches):
+            batches.append(item.batch)
+            batch_baselines.append(item.baselines)
+        metric_ = EFFECT
+    else:
+        for inputs, labels in iterate_batches(data, device, max_batches, False, "verify_top_k"):
+            with torch.no_grad():
+                clean = make_runner(model, inputs, None, None)()
+            batches.append(CleanBatch(inputs, labels, clean.detach()))
+        metric_ = _check_damage(damage, all(b.labels is not None for b in batches))
+        cached = [(b.inputs, b.labels) if b.labels is not None else (b.inputs,) for b in batches]
+        batch_baselines = [layer_baselines(model, cached, named, baseline, device, False)]
+        batch_baselines *= len(batches)
 
     # screen: G-NDI of every unit
     depth, shapes = probe_layers(model, batches[0].inputs, named)
@@ -178,19 +227,21 @@ def verify_top_k(
     mode = "group" if masks is not None else granularity
     screen = compute_gndi(
         model,
-        cached,
+        data if patching else cached,
         named,
-        baseline=baselines,
+        baseline="zero" if patching else batch_baselines[0],
         target=target,
         device=device,
         progress=progress,
+        max_batches=max_batches if patching else None,
         granularity=granularity,  # type: ignore[arg-type]
         channel_dim=channel_dim,  # type: ignore[arg-type]
         layer_mask=masks,
+        direction=direction,
     )
     scores: dict[UnitKey, float] = {}
     for name in sorted(names, key=depth.__getitem__):
-        values = screen.mean[name].detach().double().flatten().cpu().numpy()
+        values = screen.mean[name].detach().double().flatten().abs().cpu().numpy()
         if mode == "layer":
             scores[Unit(name, None, depth[name]).key] = float(values.sum())
         else:
@@ -216,8 +267,9 @@ def verify_top_k(
         for name in names
     }
     backend = make_backend(model, named, engine, max_cache_bytes)
-    metrics = {metric.name: metric}
+    metrics = {metric_.name: metric_}
     count = sum(b.clean.shape[0] for b in batches)
+    signed: dict[UnitKey, float] = {}
 
     def ablate_units(chunk: Sequence[UnitKey]) -> dict[UnitKey, float]:
         by_layer: dict[str, list[int | None]] = {}
@@ -228,11 +280,15 @@ def verify_top_k(
             total = torch.zeros(len(ids), dtype=torch.float64)
             for position, batch in enumerate(batches):
                 per_example = batch_damage(
-                    backend, name, position, batch, baselines[name], unit_masks[name], ids,
-                    metrics, units_per_pass,
-                )[metric.name]  # fmt: skip
+                    backend, name, position, batch, batch_baselines[position][name],
+                    unit_masks[name], ids, metrics, units_per_pass,
+                )[metric_.name]  # fmt: skip
                 total += per_example.double().sum(1).cpu()
-            found.update({(name, g): float(d) for g, d in zip(ids, (total / count).numpy())})
+            means = (total / count).numpy()
+            signed.update({(name, g): float(d) for g, d in zip(ids, means)})
+            found.update(
+                {(name, g): float(d) for g, d in zip(ids, np.abs(means) if patching else means)}
+            )
         return found
 
     result = screen_and_verify(
@@ -246,7 +302,10 @@ def verify_top_k(
         seed=seed,
         progress=progress,
     )
-    result.damage, result.engine = metric.name, backend.name
+    result.damage, result.engine = metric_.name, backend.name
+    if patching:
+        result.damage = "abs_effect"
+        result.effects = np.array([signed[unit] for unit in result.units])
     result.timings = {
         "scoring_s": scoring_s,
         "verify_s": result.timings["verify_s"],
@@ -255,13 +314,15 @@ def verify_top_k(
     result.settings.update(
         {
             "granularity": mode,
-            "baseline": baseline_label(baseline),
-            "damage": metric.name,
+            "baseline": source_label(direction) if patching else baseline_label(baseline),
+            "damage": result.damage,
             "channel_dim": channel_dim if isinstance(channel_dim, int) else list(channel_dim),
             "target": target,
             "n_examples": count,
         }
     )
+    if patching:
+        result.settings["direction"] = direction
     return result
 
 
