@@ -25,14 +25,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..interventions import InterventionError, intervene
+from ..interventions import InterventionError, count_calls, intervene
 from ..runs import eval_mode
+from .coupling import dependency_graph, layer_coupling
 
 __all__ = [
     "PRUNABLE_TYPES",
     "PrunableLayer",
     "Role",
     "as_inputs",
+    "attention_internals",
     "channel_dim",
     "find_prunable",
     "layer_modules",
@@ -62,6 +64,10 @@ class PrunableLayer:
         channel_dim: The activation dimension that holds the output channels (1 for a conv,
             the last one for a linear layer: ``(N, T, D)`` tokens, ``(N, H, W, C)``
             channels-last maps); see :func:`channel_dim`.
+        coupled: Further modules (conv, linear, normalisation) whose output channel ``c`` is
+            removed with the layer's channel ``c`` (a depthwise conv and its norm, a
+            squeeze-excitation gate), from Torch-Pruning's dependency graph when it is
+            installed; the masks zero them too.
     """
 
     name: str
@@ -70,6 +76,7 @@ class PrunableLayer:
     role: Role
     position: int
     channel_dim: int = 1
+    coupled: tuple[str, ...] = ()
 
     @property
     def output_name(self) -> str:
@@ -226,6 +233,7 @@ def find_prunable(
             f"exclude names {unknown} are not modules of {type(model).__name__}; "
             "model.named_modules() lists the valid dotted names."
         )
+    excluded |= attention_internals(model)
     layers = [
         (n, m)
         for n, m in model.named_modules()
@@ -277,9 +285,12 @@ def find_prunable(
         ):
             output = model(*traced)
     except InterventionError as error:
+        counts = _call_counts(model, layers, inputs)
+        wrong = [f"'{n}' ({c} calls)" for n, c in counts.items() if c != 1]
         raise ValueError(
-            f"find_prunable needs every conv/linear layer to run exactly once per forward pass: "
-            f"{error} Pass exclude=[...] with the names of layers to leave alone."
+            "find_prunable needs every conv/linear layer to run exactly once per forward pass; "
+            f"these do not: {', '.join(wrong) or error}. Pass exclude=[...] with their names "
+            f"to leave them alone, e.g. exclude={[n for n, c in counts.items() if c != 1]}."
         ) from error
     consumers = _consumers(output)
     norm_of = {}
@@ -287,16 +298,27 @@ def find_prunable(
         match = [i for i, x in norm_inputs.items() if x is h]
         norm_of[position] = match[0] if match else None
 
+    graph = dependency_graph(model, inputs)
     found = []
+    claimed: set[str] = set()  # layers whose channels are an earlier layer's (depthwise convs)
     for rank, position in enumerate(order):
         name, module = layers[position]
         norm = norm_of[position]
+        norm_name = norms[norm][0] if norm is not None else None
         point = nodes["layer", position] if norm is None else nodes["norm", norm]
+        coupled, residual = (
+            layer_coupling(graph, model, name, (name, norm_name or name))
+            if graph is not None
+            else ((), False)
+        )
+        if name in claimed:
+            continue
+        claimed.update(coupled)
         if rank == 0:
             role: Role = "stem"
         elif rank == len(order) - 1:
             role = "classifier"
-        elif _feeds_residual_add(point, consumers):
+        elif residual or _feeds_residual_add(point, consumers):
             role = "block_output"
         else:
             role = "internal"
@@ -306,19 +328,37 @@ def find_prunable(
             or (role == "block_output" and not prune_block_outputs)
         ):
             continue
-        n_channels = (
-            module.out_channels
-            if isinstance(module, nn.modules.conv._ConvNd)
-            else module.out_features
-        )
         found.append(
             PrunableLayer(
                 name=name,
-                n_channels=n_channels,
-                norm_name=norms[norm][0] if norm is not None else None,
+                n_channels=module.weight.shape[0],
+                norm_name=norm_name,
                 role=role,
                 position=rank,
                 channel_dim=channel_dim(module, shapes[position]),
+                coupled=tuple(c for c in coupled if c not in excluded),
             )
         )
     return found
+
+
+def attention_internals(model: nn.Module) -> set[str]:
+    """Names of the linear layers inside ``nn.MultiheadAttention`` modules: attention calls
+    their weights functionally (never as modules), and Torch-Pruning prunes them only with the
+    attention as a whole."""
+    return {
+        f"{name}.{child}" if name else child
+        for name, module in model.named_modules()
+        if isinstance(module, nn.MultiheadAttention)
+        for child, sub in module.named_modules()
+        if child and isinstance(sub, PRUNABLE_TYPES)
+    }
+
+
+def _call_counts(
+    model: nn.Module, layers: Sequence[tuple[str, nn.Module]], inputs: tuple[Tensor, ...]
+) -> dict[str, int]:
+    """How often each layer runs in one forward pass (``interventions.count_calls``)."""
+    with torch.no_grad(), eval_mode(model):
+        counts = count_calls([module for _, module in layers], lambda: model(*inputs))
+    return {name: count for (name, _), count in zip(layers, counts)}

@@ -4,9 +4,11 @@ A pruned output channel of a conv/linear layer is zeroed by masks on the layer's
 and ``bias`` entries and, when a BatchNorm normalises the layer's output, on the BatchNorm's
 ``weight`` **and** ``bias`` (a BatchNorm after a zeroed channel would otherwise output its bias).
 The channel is then exactly zero after the BatchNorm, in eval and in train mode, and the model
-keeps its shape. The masks are ordinary ``torch.nn.utils.prune`` reparametrisations
-(``weight_orig`` * ``weight_mask``), so ``prune.remove(module, "weight")`` makes them permanent,
-while :func:`undo_pruning` restores the original parameters exactly.
+keeps its shape. Modules coupled to the layer (:attr:`PrunableLayer.coupled`, from
+Torch-Pruning's dependency graph) lose the same channels, as in the physical model. The masks
+are ordinary ``torch.nn.utils.prune`` reparametrisations (``weight_orig`` * ``weight_mask``),
+so ``prune.remove(module, "weight")`` makes them permanent, while :func:`undo_pruning` restores
+the original parameters exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from .layers import PrunableLayer, layer_modules
+from .layers import PrunableLayer
 
 __all__ = ["ChannelMask", "apply_channel_masks", "channel_masks", "undo_pruning"]
 
@@ -34,16 +36,21 @@ class ChannelMask(prune.CustomFromMask):
     param_order: list[str]
 
 
-def _mask_parameter(module: nn.Module, name: str, mask: Tensor, label: str) -> None:
-    if getattr(module, name, None) is None:
-        return
-    if hasattr(module, name + "_orig"):
-        raise ValueError(
-            f"'{label}.{name}' is already pruned (torch.nn.utils.prune); call "
-            "captum_gndi.pruning.undo_pruning(model) or prune.remove(module, name) first."
-        )
+def _mask_parameter(module: nn.Module, name: str, mask: Tensor) -> ChannelMask:
     order = list(module._parameters)
-    ChannelMask.apply(module, name, mask=mask).param_order = order
+    hook = ChannelMask.apply(module, name, mask=mask)
+    hook.param_order = order
+    return hook
+
+
+def _unmask(module: nn.Module, hook: ChannelMask) -> None:
+    """Remove one channel mask and give back the original parameter in its original place."""
+    name = hook._tensor_name
+    with torch.no_grad():
+        getattr(module, name + "_mask").fill_(1)
+    prune.remove(module, name)  # writes orig * 1 == orig back into the same Parameter
+    params = module._parameters  # restore the parameter order (prune re-registers last)
+    params.update([(k, params.pop(k)) for k in hook.param_order])
 
 
 def _check_keep(layer: PrunableLayer, keep: Tensor) -> Tensor:
@@ -66,7 +73,9 @@ def apply_channel_masks(
     """Zero the pruned output channels of ``layers`` in place with ``torch.nn.utils.prune``.
 
     Layers whose channels are all kept get no mask, so a sparsity of 0 leaves the model
-    untouched.
+    untouched. The same channels of the layer's :attr:`~captum_gndi.pruning.PrunableLayer.coupled`
+    modules (a depthwise conv and its norm, a squeeze-excitation gate: what Torch-Pruning removes
+    with them) are masked too. Atomic: after an error no mask of this call is left.
 
     Args:
         model: The model (modified in place; :func:`undo_pruning` restores it).
@@ -88,20 +97,42 @@ def apply_channel_masks(
     unknown = sorted(set(keep) - known)
     if unknown:
         raise ValueError(f"keep has entries for {unknown}, which are not among the given layers.")
+    plan: dict[str, Tensor] = {}  # module name -> kept channels (AND over the layers using it)
     for layer in layers:
         if layer.name not in keep:
             continue
         kept = _check_keep(layer, keep[layer.name])
         if bool(kept.all()):
             continue
-        module, norm = layer_modules(model, layer)
-        channel = kept.to(device=module.weight.device, dtype=module.weight.dtype)
-        shape = (-1,) + (1,) * (module.weight.dim() - 1)
-        _mask_parameter(module, "weight", channel.view(shape).expand_as(module.weight), layer.name)
-        _mask_parameter(module, "bias", channel, layer.name)
-        if norm is not None:
-            _mask_parameter(norm, "weight", channel, layer.norm_name or "")
-            _mask_parameter(norm, "bias", channel, layer.norm_name or "")
+        for name in (layer.name, layer.norm_name, *layer.coupled):
+            if name is not None:
+                plan[name] = plan[name] & kept if name in plan else kept
+    for name in plan:
+        module = model.get_submodule(name)
+        for tensor in ("weight", "bias"):
+            if hasattr(module, tensor + "_orig"):
+                raise ValueError(
+                    f"'{name}.{tensor}' is already pruned (torch.nn.utils.prune); call "
+                    "captum_gndi.pruning.undo_pruning(model) or prune.remove(module, name) first."
+                )
+    applied: list[tuple[nn.Module, ChannelMask]] = []
+    try:
+        for name, kept in plan.items():
+            module = model.get_submodule(name)
+            for tensor in ("weight", "bias"):
+                param = getattr(module, tensor, None)
+                if param is None:
+                    continue
+                channel = kept.to(device=param.device, dtype=param.dtype)
+                if isinstance(module, nn.LayerNorm) or param.dim() == 1:
+                    mask = channel.expand_as(param)  # (C,) scale/shift, or LayerNorm's last dim
+                else:
+                    mask = channel.view((-1,) + (1,) * (param.dim() - 1)).expand_as(param)
+                applied.append((module, _mask_parameter(module, tensor, mask)))
+    except BaseException:
+        for module, hook in reversed(applied):  # atomic: no mask stays after an error
+            _unmask(module, hook)
+        raise
 
 
 def undo_pruning(model: nn.Module) -> None:
@@ -120,12 +151,7 @@ def undo_pruning(model: nn.Module) -> None:
     for module in model.modules():
         hooks = [h for h in module._forward_pre_hooks.values() if isinstance(h, ChannelMask)]
         for hook in reversed(hooks):
-            name = hook._tensor_name
-            with torch.no_grad():
-                getattr(module, name + "_mask").fill_(1)
-            prune.remove(module, name)  # writes orig * 1 == orig back into the same Parameter
-            params = module._parameters  # restore the parameter order (prune re-registers last)
-            params.update([(k, params.pop(k)) for k in hook.param_order])
+            _unmask(module, hook)
 
 
 @contextmanager

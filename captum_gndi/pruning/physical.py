@@ -2,9 +2,11 @@
 
 Optional: needs ``torch-pruning`` (``pip install captum_gndi[pruning]``). Torch-Pruning removes
 the pruned channels from the convolution, its BatchNorm and every layer that consumes them, so
-the result is a smaller dense model. Only the layers passed as prunable are pruned (every other
-conv/linear is handed to Torch-Pruning as ignored), so the same channel set as the masks of
-:func:`~captum_gndi.pruning.apply_channel_masks` is removed.
+the result is a smaller dense model. With channel scores, exactly the channels
+:func:`~captum_gndi.pruning.select_channels` drops are removed (with their coupled channels), the
+same ones the masks of :func:`~captum_gndi.pruning.apply_channel_masks` zero; with Torch-Pruning's
+own importances its ``MetaPruner`` chooses, among the layers passed as prunable only (every other
+conv/linear is handed to it as ignored).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from ..runs import iterate_batches
-from .importance import ScoreImportance
+from .coupling import remove_channels
 from .layers import PRUNABLE_TYPES, PrunableLayer, as_inputs
-from .ranking import check_sparsity
+from .ranking import check_sparsity, select_channels
 
 __all__ = ["TP_IMPORTANCES", "prune_physically"]
 
@@ -85,29 +87,30 @@ def prune_physically(
     """
     sparsity = check_sparsity(sparsity)
     inputs = as_inputs(example_inputs)
+    if not isinstance(importance, str):
+        missing = sorted({layer.name for layer in layers} - set(importance))
+        if missing:
+            raise ValueError(f"importance has no scores for layers {missing}.")
+        scope = "global" if global_pruning else "layer"
+        keep = select_channels({la.name: importance[la.name] for la in layers}, sparsity, scope)
+        return remove_channels(model, inputs, [layer.name for layer in layers], keep)
     pruned = copy.deepcopy(model).eval()
     names = {layer.name for layer in layers}
     ignored = [
         m for n, m in pruned.named_modules() if isinstance(m, PRUNABLE_TYPES) and n not in names
     ]
-    if isinstance(importance, str):
-        if importance == "tp-magnitude":
-            scorer: tp.importance.Importance = tp.importance.GroupMagnitudeImportance(p=2)
-        elif importance == "tp-taylor":
-            if data is None:
-                raise ValueError("importance='tp-taylor' needs data=(inputs, labels) batches.")
-            _accumulate_gradients(pruned, data, max_batches)
-            scorer = tp.importance.GroupTaylorImportance()
-        else:
-            raise ValueError(
-                f"importance must be layer name -> scores or one of {TP_IMPORTANCES}, "
-                f"got {importance!r}."
-            )
+    if importance == "tp-magnitude":
+        scorer: tp.importance.Importance = tp.importance.GroupMagnitudeImportance(p=2)
+    elif importance == "tp-taylor":
+        if data is None:
+            raise ValueError("importance='tp-taylor' needs data=(inputs, labels) batches.")
+        _accumulate_gradients(pruned, data, max_batches)
+        scorer = tp.importance.GroupTaylorImportance()
     else:
-        missing = sorted(names - set(importance))
-        if missing:
-            raise ValueError(f"importance has no scores for layers {missing}.")
-        scorer = ScoreImportance({pruned.get_submodule(n): importance[n] for n in names})
+        raise ValueError(
+            f"importance must be layer name -> scores or one of {TP_IMPORTANCES}, "
+            f"got {importance!r}."
+        )
     pruner = tp.pruner.MetaPruner(
         pruned,
         inputs if len(inputs) > 1 else inputs[0],

@@ -12,6 +12,7 @@ for a linear layer, also on ``(N, T, D)`` or channels-last activations).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -103,7 +104,29 @@ def channel_importance(
                 max_batches,
             )
         )
+    _warn_degenerate(scores, criterion)
     return {layer.name: scores[layer.name] for layer in layers}
+
+
+def _warn_degenerate(scores: dict[str, Tensor], criterion: str) -> None:
+    """Warn when every score is 0 (e.g. a zero-initialised head) or a layer's are constant."""
+    if criterion == "random":
+        return
+    if all(bool((s == 0).all()) for s in scores.values()):
+        warnings.warn(
+            f"Every {criterion} score is exactly 0: the output does not depend on any of these "
+            "channels (e.g. a zero-initialised classifier head, as in a fresh torchvision ViT); "
+            "a ranking would be arbitrary. Load trained weights first.",
+            stacklevel=3,
+        )
+        return
+    constant = [n for n, s in scores.items() if len(s) > 1 and bool((s == s[0]).all())]
+    if constant:
+        warnings.warn(
+            f"The {criterion} scores of {constant} are the same for every channel; their "
+            "ranking is arbitrary.",
+            stacklevel=3,
+        )
 
 
 def _scores(
