@@ -457,6 +457,7 @@ def compute_gndi(
                 "prompt of the pair and the output is the metric model's one number per pair; "
                 "drop target= and baseline=."
             )
+        layers = resolve_layers(model, layers)  # names of the model, not the wrapper
         model = metric_model(model, metric)
     elif metric is not None:
         raise ValueError(

@@ -24,6 +24,7 @@ from captum_gndi.interventions.patching import (
 )
 from captum_gndi.patching import PatchingMetric
 from captum_gndi.tasks import PatchingBatch, PatchingTask
+from captum_gndi.validation import validate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -410,3 +411,36 @@ def test_verify_top_k_rejects_baselines_and_damage_with_patching_data() -> None:
         verify_top_k(f, toy_task(), {"hidden": lm.hidden}, k=1, damage="kl")
     with pytest.raises(ValueError, match="metric= needs patching data"):
         verify_top_k(lm, [toy_task().clean], {"hidden": lm.hidden}, k=1, metric=logit_diff)
+
+
+def test_validate_on_patching_data_compares_criteria_with_exact_patching_effects() -> None:
+    lm, f = models()
+    task = toy_task(8)
+    layers = {"embed": lm.embed, "hidden": lm.hidden}
+    with pytest.warns(UserWarning, match="Skipping snip: needs labels"):
+        report = validate(
+            f, task.loader(4), layers, criteria=["gndi", "gndi_path", "activation_change",
+            "random", "snip", "magnitude"], granularity="channel", channel_dim=1, n_steps=4,
+            n_boot=50, n_random=2,
+        )  # fmt: skip
+    assert list(report.damage) == ["effect", "abs_effect"]
+    assert report.units[:2] == ["embed[0]", "embed[1]"] and len(report.units) == 2 * T
+    brute = patch_positions(f, task, layers)  # [layer, pos], forward order embed, hidden
+    np.testing.assert_allclose(report.damage["effect"], brute.flatten().numpy(), rtol=1e-9)
+    estimate = compute_gndi(f, task, layers, granularity="channel", channel_dim=1).stack()
+    np.testing.assert_allclose(report.scores["gndi"], estimate.flatten().numpy(), rtol=1e-9)
+    assert set(report.metadata["skipped"]) == {"snip", "magnitude"}
+    assert "weights" in report.metadata["skipped"]["magnitude"]
+    assert report.metadata["baseline"] == "corrupted"
+    # path integration on each position converges to its exact effect
+    np.testing.assert_allclose(report.scores["gndi_path"], report.damage["effect"], atol=1e-4)
+    with pytest.raises(ValueError, match="drop baseline=, damage= and layer_mask="):
+        validate(f, task, layers, baseline="mean")
+
+
+def test_layer_names_of_the_model_resolve_with_a_metric() -> None:
+    lm, _ = models()
+    result = compute_gndi(lm, toy_task(), ["hidden"], metric=logit_diff)
+    assert result.names == ["hidden"]
+    top = verify_top_k(lm, toy_task(), ["hidden"], k=1, metric=logit_diff, progress=False)
+    assert top.units[0][0] == "hidden"

@@ -213,6 +213,7 @@ def activation_patch(
         >>> effects.shape  # [layer, pos, head]
         torch.Size([30, 15, 9])
     """
+    layers = resolve_layers(model, layers)  # names of the model, not the wrapper
     model = metric_model(model, metric)
     warn_if_training(model)
     named = resolve_layers(model, layers)

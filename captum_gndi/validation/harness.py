@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..baselines import LayerBaseline
 from ..criteria import UndefinedCriterion, build_context, check_criteria, score_each
 from ..criteria.groups import LayerMask
 from ..interventions.damage import LABELLED_DEFAULT, UNLABELLED_DEFAULT
+from ..patching import is_patching_data
 from ..runs import DataTarget, Layers, first_batch, resolve_device, resolve_layers
 from .ablation import ablate, layer_baselines, select_units
+from .patching import validate_patching
 from .report import ValidationReport, build_report
 
 __all__ = ["validate"]
@@ -52,6 +54,8 @@ def validate(
     metadata: Mapping[str, Any] | None = None,
     methods: Sequence[str] | None = None,
     layer_mask: LayerMask | None = None,
+    direction: str = "noising",
+    metric: Callable[[Any, Tensor], Tensor] | None = None,
 ) -> ValidationReport:
     """Check how well importance criteria predict the damage of true interventions.
 
@@ -97,6 +101,14 @@ def validate(
             data in the order it is read). The damage of a group is measured by Captum's
             ``LayerFeatureAblation`` with the same mask; criteria that are undefined for groups
             (the weight-based ones, HRank, parameter count) are skipped with a warning.
+        direction: With patching data (a :class:`~captum_gndi.tasks.PatchingTask` or a list of
+            ``PatchingBatch``, and a metric model ``f(input_ids, answers) -> (N, 1)``):
+            ``"noising"`` (run clean, patch corrupted in) or ``"denoising"``. The ground truth
+            is then exact activation patching, the damage metrics ``effect`` (signed) and
+            ``abs_effect``, and the criteria without a meaning there are skipped with the
+            reason (:func:`~captum_gndi.validation.patching.validate_patching`; ``baseline``,
+            ``damage``, ``target`` and ``layer_mask`` are not used).
+        metric: With patching data: ``metric(output, answers)`` with a plain model.
 
     Returns:
         The :class:`~captum_gndi.validation.report.ValidationReport`.
@@ -109,7 +121,6 @@ def validate(
         >>> report = validate(model, test_loader, ["layer3.2.conv2"], layer_mask=quarters)
     """
     started = time.perf_counter()
-    named = resolve_layers(model, layers)
     if methods is not None:
         warnings.warn(
             "validate(methods=...) is deprecated; use criteria=...",
@@ -117,6 +128,19 @@ def validate(
             stacklevel=2,
         )
         criteria = methods
+    if is_patching_data(data):
+        if baseline not in (None, "zero") or damage is not None or layer_mask is not None:
+            raise ValueError(
+                "With patching data the baseline of a unit is its activation on the other "
+                "prompt and the damage its exact patching effect; drop baseline=, damage= and "
+                "layer_mask=."
+            )
+        return validate_patching(
+            model, data, layers, criteria, granularity, channel_dim, n_channels, direction,
+            metric, n_steps, n_random, seed, device=device, max_batches=max_batches,
+            n_boot=n_boot, metadata=metadata, out_dir=out_dir,
+        )  # fmt: skip
+    named = resolve_layers(model, layers)
     method_names = check_criteria(criteria)
     device = resolve_device(model, device)
     has_labels = first_batch(data, device)[1] is not None

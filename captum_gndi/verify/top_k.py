@@ -194,6 +194,7 @@ def verify_top_k(
                 "prompt, and the damage the change of the metric model's output; drop "
                 "baseline=, target= and damage=."
             )
+        layers = resolve_layers(model, layers)  # names of the model, not the wrapper
         model = metric_model(model, metric)
     elif metric is not None:
         raise ValueError(
