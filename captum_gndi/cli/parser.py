@@ -34,6 +34,7 @@ _EPILOG = """examples:
       --weights ../shared/data/cifar_resnets/resnet56-4bfd9763.th \\
       --data cifar10 --data-dir ../shared/data/cifar10 --out report/
   captum-gndi demo --out report/
+  captum-gndi verify --model cifar-resnet20 --weights resnet20-12fca82f.th --k 20
 
 Run "captum-gndi COMMAND --help" for the options of each command.
 """
