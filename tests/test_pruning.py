@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -497,3 +498,59 @@ def test_cli_prune_errors_are_one_line(extra, message, capsys):
     assert main(["prune", "--model", "digits-resnet", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# verify_top_k(largest=False): the k least damaging channels, the ones to prune
+
+
+def test_verify_top_k_least_damaging_equals_brute_force():
+    from captum_gndi import verify_top_k
+    from captum_gndi.validation import ablate
+
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    ).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * 0.7)
+    model.eval()
+    x = torch.randn(24, 3, 6, 6, generator=generator, dtype=torch.float64)
+    data = [
+        (x[:12], torch.zeros(12, dtype=torch.long)),
+        (x[12:], torch.zeros(12, dtype=torch.long)),
+    ]
+    layers = {"0": model[0], "2": model[2]}
+    truth = ablate(
+        model, data, layers, damage=("output_delta",), granularity="channel", progress=False
+    )
+    damage = {
+        (u.layer, u.channel): float(d) for u, d in zip(truth.units, truth.damage["output_delta"])
+    }
+    for k in (1, 5):
+        result = verify_top_k(
+            model, data, layers, k=k, largest=False, expected_misses=0.05, progress=False
+        )
+        least = sorted(damage, key=damage.get)[:k]
+        assert result.units == least
+        np.testing.assert_allclose(result.damages, [damage[u] for u in least], rtol=1e-9)
+        assert result.settings["largest"] is False
+        assert str(result).startswith(f"Exact {k} least damaging units")
+
+
+def test_least_damaging_rule_stops_once_no_unverified_unit_can_enter():
+    from captum_gndi.verify import screen_and_verify
+
+    damage = {("a", i): float(i + 1) for i in range(20)}  # exact scores: every ratio is 1
+    result = screen_and_verify(
+        dict(damage), lambda units: {u: damage[u] for u in units}, k=3, largest=False
+    )
+    assert result.units == [("a", 0), ("a", 1), ("a", 2)]
+    assert result.stopped == "rule" and result.n_ablations <= 6  # bottom 3 + an audit of 3

@@ -122,7 +122,7 @@ class VerifyResult:
     def to_markdown(self) -> str:
         """The result as a Markdown report: a summary line and the top-k table."""
         lines = [
-            f"# Exact top {self.k} units by `{self.damage}`",
+            f"# Exact {self._which} units by `{self.damage}`",
             "",
             self._summary(),
             "",
@@ -138,6 +138,11 @@ class VerifyResult:
             )
         return "\n".join(lines) + "\n"
 
+    @property
+    def _which(self) -> str:
+        """``top k``, or ``k least damaging`` for ``verify_top_k(..., largest=False)``."""
+        return f"top {self.k}" if self.settings.get("largest", True) else f"{self.k} least damaging"
+
     def _summary(self) -> str:
         return (
             f"{self.n_ablations} of {self.n_units} units ablated ({100 * self.fraction:.1f}%, "
@@ -149,7 +154,7 @@ class VerifyResult:
     def __str__(self) -> str:
         width = max(len("unit"), *(len(n) for n in self.names))
         lines = [
-            f"Exact top {self.k} units by {self.damage}: {self._summary()}",
+            f"Exact {self._which} units by {self.damage}: {self._summary()}",
             f"{'rank':>4}  {'unit':<{width}}  {'true damage':>12}  {'G-NDI':>12}  "
             f"{'G-NDI rank':>10}"
             + (f"  {'signed effect':>13}" if self.effects is not None else ""),

@@ -27,6 +27,12 @@ passes shrink as the rule nears its stop and overshoot stays small. Units with a
 (``h == b`` everywhere, so ``d = 0``) are excluded unless a zero-scored unit with positive damage
 has been seen (then ``rho`` is infinite and everything is verified).
 
+Least damaging units (``largest=False``, e.g. the channels to prune). The mirror image: units
+are verified in order of *increasing* score, ``D_k`` is the k-th smallest verified damage,
+``rho`` the conformal lower ``q``-quantile of the ratios (the ``ceil((n + 1) q)``-th largest),
+and the rule stops as soon as ``rho * s* > D_k`` for the smallest unverified score ``s*``: an
+unverified unit is among the k least damaging only if ``r_u < D_k / s_u <= D_k / s* < rho``.
+
 The exchangeability assumption is optimistic in one known way: a unit enters the true top k
 *because* its damage is high, so true top-k units lean towards high ratios. On the trained CIFAR
 ResNets the ratio's upper tail is also heavier for low-scored units (first-order G-NDI
@@ -48,6 +54,7 @@ from .result import UnitKey, VerifyResult
 __all__ = [
     "audit_size",
     "calibration_quantile",
+    "lower_quantile",
     "miss_probability",
     "ratios",
     "screen_and_verify",
@@ -133,18 +140,26 @@ def upper_quantile(ratios: np.ndarray, q: float) -> float:
     return math.inf if j > len(ratios) else float(np.sort(ratios)[j - 1])
 
 
+def lower_quantile(ratios: np.ndarray, q: float) -> float:
+    """The conformal lower q-quantile: the ceil((n + 1) q)-th largest of n ratios (0 if > n)."""
+    return max(0.0, -upper_quantile(-ratios, q))
+
+
 def miss_probability(
     unverified: Sequence[UnitKey],
     scores: Mapping[UnitKey, float],
     ratios: np.ndarray,
     d_k: float,
+    largest: bool = True,
 ) -> float:
-    """``1 - prod_u (1 - p_u)``, ``p_u = #{i: r_i s_u > D_k} / (n + 1)`` over n ratios."""
+    """``1 - prod_u (1 - p_u)``, ``p_u = #{i: r_i s_u > D_k} / (n + 1)`` over n ratios
+    (``r_i s_u < D_k`` for the least damaging units, ``largest=False``)."""
     if not len(unverified):
         return 0.0
     s = np.array([scores[u] for u in unverified], dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        carried = np.nan_to_num(np.outer(s, ratios), nan=0.0) > d_k
+        carried = np.nan_to_num(np.outer(s, ratios), nan=0.0)
+        carried = carried > d_k if largest else carried < d_k
     p = carried.sum(1) / (len(ratios) + 1)
     return float(1 - np.prod(1 - p))
 
@@ -159,6 +174,7 @@ def screen_and_verify(
     units_per_pass: int = 8,
     seed: int = 0,
     progress: bool = False,
+    largest: bool = True,
 ) -> VerifyResult:
     """The stopping rule of :func:`verify_top_k` on given scores and any exact intervention.
 
@@ -179,6 +195,8 @@ def screen_and_verify(
             (the audit, then G-NDI's top k).
         seed: Seed of the audit sample.
         progress: Show a progress bar of the ablations.
+        largest: ``True`` for the k most damaging units, ``False`` for the k least damaging
+            (the mirrored rule of the module docstring).
 
     Returns:
         A :class:`VerifyResult` (its ``damage``, ``engine`` and scoring time are left for the
@@ -202,7 +220,8 @@ def screen_and_verify(
     if negative:
         raise ValueError(f"Scores must be >= 0 (predicted damage); got {negative[:3]} ...")
     start = time.perf_counter()
-    ranking = sorted(range(n_units), key=lambda i: -scores[units[i]])  # stable: ties by position
+    sign = -1 if largest else 1
+    ranking = sorted(range(n_units), key=lambda i: sign * scores[units[i]])  # stable on ties
     ordered = [units[i] for i in ranking]
     rank_of = {unit: r + 1 for r, unit in enumerate(ordered)}
     pool = ordered[k:]
@@ -226,8 +245,8 @@ def screen_and_verify(
     while True:
         while position < n_units and ordered[position] in verified:
             position += 1
-        d_k = sorted(verified.values(), reverse=True)[k - 1]
-        rho = upper_quantile(ratios(verified, verified, scores), q)
+        d_k = sorted(verified.values(), reverse=largest)[k - 1]
+        rho = (upper_quantile if largest else lower_quantile)(ratios(verified, verified, scores), q)
         if position >= n_units:
             break
         bounds = [
@@ -235,19 +254,21 @@ def screen_and_verify(
             for u in ordered[position:]
         ]
         bar.set_postfix(D_k=f"{d_k:.3g}", rho=f"{rho:.3g}")
-        if bounds[0] < d_k:
+        if (bounds[0] < d_k) if largest else (bounds[0] > d_k):
             stopped = "rule"
             break
         candidates = [
-            u for u, bound in zip(ordered[position:], bounds) if bound >= d_k and u not in verified
+            u
+            for u, bound in zip(ordered[position:], bounds)
+            if (bound >= d_k if largest else bound <= d_k) and u not in verified
         ]
         # half the remaining candidates (at most units_per_pass): every pass can lower rho or
         # raise D_k and exclude the rest, so passes shrink near the stopping point
         run(candidates[: min(units_per_pass, math.ceil(len(candidates) / 2))])
     bar.close()
-    top_units = sorted(verified, key=lambda u: (-verified[u], rank_of[u]))[:k]
+    top_units = sorted(verified, key=lambda u: (sign * verified[u], rank_of[u]))[:k]
     unverified = [u for u in ordered if u not in verified]
-    miss = miss_probability(unverified, scores, ratios(verified, verified, scores), d_k)
+    miss = miss_probability(unverified, scores, ratios(verified, verified, scores), d_k, largest)
     return VerifyResult(
         units=top_units,
         damages=np.array([verified[u] for u in top_units]),
@@ -271,5 +292,6 @@ def screen_and_verify(
             "audit": len(audit_units),
             "units_per_pass": units_per_pass,
             "seed": seed,
+            "largest": largest,
         },
     )

@@ -99,6 +99,7 @@ def verify_top_k(
     seed: int = 0,
     direction: str = "noising",
     metric: Callable[[Any, Tensor], Tensor] | None = None,
+    largest: bool = True,
 ) -> VerifyResult:
     """The exact top-k units by ablation damage, verifying only what G-NDI cannot rule out.
 
@@ -155,6 +156,9 @@ def verify_top_k(
             activations in: TransformerLens's default).
         metric: With patching data: ``metric(output, answers)``, one number per example, with
             a plain model.
+        largest: ``True`` for the k most damaging units; ``False`` for the k *least* damaging
+            ones (e.g. the channels to prune), verified in order of increasing score with the
+            mirrored rule (:mod:`captum_gndi.verify.rule`).
 
     Returns:
         A :class:`VerifyResult`: the top k ``units`` with their ``damages``, ``n_ablations``,
@@ -302,6 +306,7 @@ def verify_top_k(
         units_per_pass=units_per_pass,
         seed=seed,
         progress=progress,
+        largest=largest,
     )
     result.damage, result.engine = metric_.name, backend.name
     if patching:
