@@ -486,6 +486,30 @@ def test_cli_prune_on_a_tiny_digits_model(tmp_path, capsys):
     assert (out / "curve.png").stat().st_size > 0
 
 
+def test_cli_prune_takes_a_torchvision_model_with_local_weights(tmp_path, capsys, shared_data):
+    """Issue #25: --model torchvision:NAME --weights PATH, nothing downloaded."""
+    torchvision = pytest.importorskip("torchvision")
+    pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    weights = tmp_path / "mobilenet.pt"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)
+    out = tmp_path / "out"
+    status = main(
+        ["prune", "--model", "torchvision:mobilenet_v3_small", "--weights", str(weights),
+         "--data-dir", str(shared_data / "cifar10"), "--criterion", "magnitude", "--curve",
+         "0.5", "--sparsity", "0.5", "--limit", "16", "--score-limit", "16", "--batch-size",
+         "16", "--quiet", "--out", str(out)]
+    )  # fmt: skip
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    report = summary["criteria"]["magnitude"]["report"]
+    assert (
+        report["channel_sparsity"] == 0.5 and 0 < report["params_after"] < report["params_before"]
+    )
+    assert main(["prune", "--model", "resnet50"]) == 2
+    assert "--model torchvision:NAME" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

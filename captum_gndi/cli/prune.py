@@ -1,4 +1,7 @@
-"""``captum-gndi prune``: prune a zoo model's channels and measure accuracy against sparsity.
+"""``captum-gndi prune``: prune a model's channels and measure accuracy against sparsity.
+
+The model is a zoo name or ``torchvision:NAME`` with ``--weights`` a local checkpoint (nothing is
+downloaded).
 
 Channels are scored on training images and accuracy is measured on test images; the handler
 raises the library's ``ValueError`` / ``FileNotFoundError`` for bad input, which the parser turns
@@ -27,6 +30,8 @@ _EPILOG = """examples:
   captum-gndi prune --model cifar-resnet20 --weights resnet20.th \\
       --criteria gndi,magnitude,taylor --curve 0.3,0.5,0.7 --scope layer --limit 2000 \\
       --out prune-out/
+  captum-gndi prune --model torchvision:resnet50 --weights resnet50_cifar10.pt \\
+      --criteria gndi --sparsity 0.3 --out prune-out/
 
 Channels are scored on training images (--score-limit of them) and accuracy is measured on test
 images (--limit of them), so the two never overlap. By default the block-internal convolutions
@@ -65,7 +70,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "prune",
         help="prune channels by G-NDI (or another criterion) and report accuracy vs sparsity",
         description=(
-            "Score every prunable output channel of a zoo model on training images, zero the "
+            "Score every prunable output channel of a model (zoo, or torchvision:NAME with a "
+            "local --weights checkpoint) on training images, zero the "
             "least important ones with torch.nn.utils.prune masks at the target sparsity, and "
             "print the test accuracy before and after; also measures the accuracy-vs-sparsity "
             "curve and writes it (CSV, JSON, markdown table, PNG plot) to --out."
@@ -73,7 +79,11 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="zoo model, e.g. cifar-resnet56")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="zoo model (e.g. cifar-resnet56) or torchvision:NAME (e.g. torchvision:resnet50)",
+    )
     parser.add_argument("--weights", help="checkpoint of the model (path or state dict file)")
     parser.add_argument(
         "--data",
@@ -195,7 +205,15 @@ def run(args: argparse.Namespace) -> int:
     criteria = split_names(args.criteria) or []
     _check(args, criteria)
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model, args.weights, args.seed, verbose=False, zoo_only=True)
+    torchvision = args.model.startswith("torchvision:")
+    try:
+        loaded = load_model(
+            args.model, args.weights, args.seed, verbose=False, zoo_only=not torchvision
+        )
+    except ValueError as error:
+        if torchvision or "unknown model" not in str(error):
+            raise
+        raise ValueError(f"{error}; or a torchvision model: --model torchvision:NAME") from None
     device = resolve_device(loaded.model, args.device)
     model = loaded.model.to(device).eval()
     score_data, tune_data, test_data = _datasets(args, loaded)
