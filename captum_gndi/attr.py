@@ -31,6 +31,7 @@ from .engine import (
 )
 from .input_path import Path, check_path, expand_input_baselines, input_path
 from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
+from .interventions.model_state import preserve_model
 from .padding import exclude_padding
 from .readouts import make_readout
 from .runs import KeywordInputs, check_inputs, make_runner, warn_if_training
@@ -216,6 +217,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
     ) -> Scores | tuple[Scores, Scores]: ...
 
     @log_usage()
+    @preserve_model
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

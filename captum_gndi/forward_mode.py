@@ -27,6 +27,7 @@ from .job import (
     ScoringJob,
     assemble,
     capture_activations,
+    check_effect_memory,
     first_order,
     job_hooks,
     make_cells,
@@ -85,9 +86,11 @@ def forward_effects(
         raise ValueError(
             "granularity='unit' needs one forward pass per unit; use mode='reverse' or 'auto'."
         )
-    _, activations = capture_activations(job)
+    output, activations = capture_activations(job)
     units = [job.units(p, h, granularity) for p, h in enumerate(activations)]
     cells = make_cells(units, alphas, weights)
+    n, k = output.shape
+    check_effect_memory(job, units, k, n, output.element_size(), "forward", len(cells))
     shared = first_order(alphas)
     size = math.ceil(len(cells) / tangent_groups(len(job.layers), len(cells), tangent_chunk))
     if not shared:

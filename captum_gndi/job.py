@@ -15,6 +15,8 @@ both compute one output column per cell and :func:`assemble` weights them into e
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +30,13 @@ from .runs import channel_count
 from .units import ChannelDim, UnitIndex, unit_index
 
 __all__ = [
+    "MAX_EFFECT_BYTES",
     "Activation",
     "Cell",
     "ScoringJob",
     "assemble",
     "capture_activations",
+    "check_effect_memory",
     "first_order",
     "job_hooks",
     "make_cells",
@@ -216,6 +220,62 @@ def true_effects(job: ScoringJob) -> list[Tensor]:
                 intervened = job.run()
             effects.append((reference - intervened).T)
     return effects
+
+
+MAX_EFFECT_BYTES = 8 * 2**30
+"""Largest memory for effects either engine allocates, unless the environment variable
+``CAPTUM_GNDI_MAX_EFFECT_BYTES`` sets another limit (see :func:`check_effect_memory`)."""
+
+
+def check_effect_memory(
+    job: ScoringJob,
+    units: Sequence[UnitIndex],
+    rows: int,
+    n_examples: int,
+    element_size: int,
+    mode: str,
+    n_cells: int = 0,
+) -> None:
+    """A clear error, before anything is allocated, for effects that cannot fit in memory.
+
+    Both engines return effects ``(rows, N, *unit_shape)`` for every layer; forward mode also
+    holds one output column ``(N, K)`` per cell twice (the vectorised passes' results and their
+    concatenation) before it sums them into effects.
+
+    Args:
+        job: The job (for the layer names).
+        units: How each layer splits into units.
+        rows: Output rows: ``K``, or ``n_probes``.
+        n_examples: Examples in the batch.
+        element_size: Bytes per number.
+        mode: ``"forward"`` or ``"reverse"`` (named in the error).
+        n_cells: Forward mode's tangents (units x integration points).
+
+    Raises:
+        MemoryError: With the size, the cause and the cheaper options.
+    """
+    per_layer = [rows * n_examples * max(math.prod(u.shape), 1) * element_size for u in units]
+    columns = 2 * n_cells * n_examples * rows * element_size
+    size = sum(per_layer) + columns
+    limit = float(os.environ.get("CAPTUM_GNDI_MAX_EFFECT_BYTES", MAX_EFFECT_BYTES))
+    if size <= limit:
+        return
+    largest = max(range(len(units)), key=per_layer.__getitem__)
+    n_units = max(math.prod(units[largest].shape), 1)
+    raise MemoryError(
+        f"G-NDI in {mode} mode would allocate about {_in_units(size)} (limit "
+        f"{_in_units(limit)}) for its effects: {rows} output rows x {n_examples} examples "
+        f"x units per layer (the largest: '{job.labels[largest]}', {n_units} units)"
+        + (f", plus {n_cells} tangent columns" if n_cells else "")
+        + ". Split the batch (internal_batch_size= in attribute and compute_gndi), select "
+        "fewer outputs (a target, or n_probes random rows in reverse mode), or use a coarser "
+        "granularity (channel_dim, layer_mask) than 'unit'; the limit is the environment "
+        "variable CAPTUM_GNDI_MAX_EFFECT_BYTES."
+    )
+
+
+def _in_units(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def _shown(indices: list[int]) -> str:

@@ -11,7 +11,6 @@ checks of what goes in (finite inputs, dict keys, the model's mode) live here to
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._captum_compat import TargetType, run_forward, select_targets
+from .interventions.model_state import report_training
 
 __all__ = [
     "KeywordInputs",
@@ -63,14 +63,10 @@ def unwrap_model(model: Any) -> Any:
 
 
 def warn_if_training(model: Any, stacklevel: int = 3) -> None:
-    """Warn when ``model`` (or the module a data-parallel wrapper holds) is in training mode."""
-    model = unwrap_model(model)
-    if isinstance(model, nn.Module) and model.training:
-        warnings.warn(
-            "The model is in training mode: dropout and batch statistics make G-NDI random and "
-            "couple the examples of a batch. Call model.eval() first.",
-            stacklevel=stacklevel,
-        )
+    """Warn when submodules of ``model`` (or of the module a data-parallel wrapper holds) are in
+    training mode and their output depends on it: one warning naming them, given at the end of
+    the running entry point (:mod:`captum_gndi.interventions.model_state`)."""
+    report_training(unwrap_model(model), stacklevel)
 
 
 @contextmanager

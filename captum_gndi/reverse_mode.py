@@ -11,7 +11,6 @@ Path-integrated G-NDI needs one recorded pass per cell; the input path (``path="
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +24,7 @@ from .job import (
     ScoringJob,
     assemble,
     capture_activations,
+    check_effect_memory,
     first_order,
     job_hooks,
     make_cells,
@@ -36,7 +36,6 @@ from .units import Granularity, UnitIndex
 
 __all__ = [
     "EXACT",
-    "MAX_EFFECT_BYTES",
     "VJP_CHUNK",
     "Graph",
     "graph_activations",
@@ -97,9 +96,6 @@ def record(
 EXACT = Readout()
 """Unit rows: one VJP per output dimension."""
 
-MAX_EFFECT_BYTES = 8 * 2**30
-"""Largest effect tensor reverse mode allocates (see :func:`vjp_effects`)."""
-
 
 def vjp_effects(
     graph: Graph,
@@ -127,7 +123,8 @@ def vjp_effects(
     reference = output.detach() if reference is None else reference
     readout = replace(readout, output_shape=getattr(job.run, "output_shape", None))
     k_total = readout.rows_count(output)
-    _check_effect_memory(graph, units, k_total, job)
+    delta = graph.deltas[0][0]
+    check_effect_memory(job, units, k_total, delta.shape[0], delta.element_size(), "reverse")
     flat_leaves = [leaf for group in graph.leaves for leaf in group]
     effects: list[Tensor | None] = [None] * len(graph.leaves)
     for start in range(0, k_total, chunk):
@@ -148,22 +145,6 @@ def vjp_effects(
                 effects[i] = part.new_empty((k_total, *part.shape[1:]))
             effects[i][start:stop] = part  # type: ignore[index]
     return effects  # type: ignore[return-value]
-
-
-def _check_effect_memory(
-    graph: Graph, units: Sequence[UnitIndex], rows: int, job: ScoringJob
-) -> None:
-    """A clear error, before anything is allocated, for effects that cannot fit in memory."""
-    for index, deltas, label in zip(units, graph.deltas, job.labels):
-        per_row = deltas[0].shape[0] * max(math.prod(index.shape), 1)
-        size = rows * per_row * deltas[0].element_size()
-        if size > MAX_EFFECT_BYTES:
-            raise MemoryError(
-                f"The effects of layer '{label}' would take {size / 2**30:.1f} GiB ({rows} rows "
-                f"x {per_row} units x examples); split the batch (internal_batch_size= in "
-                "compute_gndi, or fewer examples per attribute call), use fewer n_probes, or a "
-                "coarser granularity (channel_dim, layer_mask) than 'unit'."
-            )
 
 
 def _batched_grad(

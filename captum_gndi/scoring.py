@@ -33,6 +33,7 @@ from .engine import (
     signed_effect,
 )
 from .input_path import Path, check_path, input_path
+from .interventions.model_state import preserve_model
 from .padding import exclude_padding
 from .patching import (
     check_direction,
@@ -179,6 +180,7 @@ class GNDIResult:
     __repr__ = __str__
 
 
+@preserve_model
 def mean_activations(
     model: nn.Module,
     data: Iterable[Any],
@@ -337,6 +339,7 @@ def layer_baselines(
     )
 
 
+@preserve_model
 def compute_gndi(
     model: nn.Module,
     data: Iterable[Any],

@@ -729,8 +729,9 @@ class TestDataParallel:
         torch.testing.assert_close(smooth, expected)
 
     def test_training_inner_model_still_warns(self):
-        model = BasicModel_MultiLayer().double().train().to(DEVICE)
-        with pytest.warns(UserWarning, match="training mode"):
+        model = BasicModel_MultiLayer().double().to(DEVICE)
+        model.relu = nn.Sequential(nn.ReLU(), nn.Dropout(0.5)).train()  # flag matters
+        with pytest.warns(UserWarning, match="training mode: relu.1"):
             LayerGNDI(nn.DataParallel(model), model.relu).attribute(
                 x_example().to(DEVICE), target=0
             )

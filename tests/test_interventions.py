@@ -138,6 +138,8 @@ def _calls(tree: ast.AST) -> list[str]:
         if isinstance(node, ast.Attribute) and node.attr in (
             "register_forward_hook",
             "register_forward_pre_hook",
+            "register_module_forward_hook",
+            "register_module_forward_pre_hook",
         ):
             found.append(node.attr)
         if isinstance(node, ast.Import):
@@ -172,5 +174,6 @@ def test_only_the_interventions_package_hooks_or_traces_the_model():
     }
     assert {name for name, found in inside.items() if found} == {
         "interventions/hooks.py",
+        "interventions/model_state.py",
         "interventions/suffix.py",
     }

@@ -63,8 +63,11 @@ def test_overflow_after_the_layer_names_only_the_overflowing_example():
     with torch.no_grad():
         layer.weight.copy_(torch.eye(2))
         layer.bias.zero_()
-    model = nn.Sequential(layer, Exp(), nn.Linear(2, 1)).eval()
-    x = torch.tensor([[0.0, 1.0], [100.0, 100.0], [1.0, 0.0]])  # exp(100) overflows float32
+    head = nn.Linear(2, 1)
+    with torch.no_grad():
+        head.weight.fill_(1.0)  # exp(100) overflows float32 to +inf
+    model = nn.Sequential(layer, Exp(), head).eval()
+    x = torch.tensor([[0.0, 1.0], [100.0, 100.0], [1.0, 0.0]])
     with pytest.raises(ValueError, match=r"output is NaN or inf for examples 1 of the batch"):
         LayerGNDI(model, model[0]).attribute(x)
 
@@ -242,3 +245,82 @@ def test_compiled_model_scores_equal_the_uncompiled_ones():
     result = compute_gndi(compiled, [x], {"a": net.a, "b": net.b}, progress=False)
     plain = compute_gndi(net, [x], {"a": net.a, "b": net.b}, progress=False)
     assert torch.allclose(result.mean["a"], plain.mean["a"], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. The memory guard: every engine and granularity refuses before allocating
+# ---------------------------------------------------------------------------------------------
+
+
+def test_memory_guard_in_every_engine_and_granularity(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(1000))
+    x = torch.randn(8, 3, 6, 6)
+    model(x)
+    model.eval()
+    gndi = LayerGNDI(model, model[0])
+    # channel effects: 1000 logits x 8 examples x 64 channels x 4 bytes = 2,048,000 bytes
+    monkeypatch.setenv("CAPTUM_GNDI_MAX_EFFECT_BYTES", "2000000")
+    for mode in ("forward", "auto"):  # auto picks forward at channel granularity here
+        with pytest.raises(MemoryError, match=r"forward mode would allocate about 5\.9 MiB"):
+            gndi.attribute(x, mode=mode, granularity="channel")
+    with pytest.raises(MemoryError, match=r"reverse mode .*'0', 64 units\)\. Split the batch"):
+        gndi.attribute(x, mode="reverse", granularity="channel")
+    with pytest.raises(MemoryError, match="reverse mode"):  # 1000 x 8 x 2304 units
+        gndi.attribute(x, granularity="unit")
+    with pytest.raises(MemoryError, match="forward mode"):  # path integration, per unit
+        gndi.attribute(x, granularity="channel", n_steps=2)
+    with pytest.raises(MemoryError, match="internal_batch_size"):
+        compute_gndi(model, [x], {"conv": model[0]}, granularity="channel", progress=False)
+    # chunks of 2 examples fit (0.5 MB of effects + 1 MB of tangent columns)
+    scores = gndi.attribute(x, mode="forward", granularity="channel", internal_batch_size=2)
+    monkeypatch.delenv("CAPTUM_GNDI_MAX_EFFECT_BYTES")
+    assert torch.allclose(scores, gndi.attribute(x, mode="forward", granularity="channel"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. target, norm and n_probes reach the pruning scorer and the CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def test_channel_importance_takes_target_norm_and_n_probes():
+    from captum_gndi.cli import build_parser
+    from captum_gndi.pruning import channel_importance
+    from captum_gndi.pruning.layers import find_prunable
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.Flatten(), nn.Linear(20, 6)
+    ).eval()
+    x = torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    data = DataLoader(TensorDataset(x, labels), batch_size=3)
+    layers = find_prunable(model, x[:2], keep_stem=False)
+    assert [layer.name for layer in layers] == ["0", "2"]
+    gndi = LayerGNDI(model, [model[0], model[2]])
+    # independent computation: LayerGNDI per batch, averaged over the six examples
+    for kwargs, attribute_kwargs in [
+        (dict(target="label"), dict(target=labels)),
+        (dict(target=2, norm="l1"), dict(target=2, norm=1)),
+        (dict(norm="fisher"), dict(norm="fisher")),
+    ]:
+        scores = channel_importance(model, data, layers, "gndi", **kwargs)
+        expected = gndi.attribute(x, granularity="channel", **attribute_kwargs)
+        for name, e in zip(["0", "2"], expected):
+            torch.testing.assert_close(scores[name], e.mean(0).double(), rtol=1e-5, atol=1e-7)
+    # probes: the same numbers as compute_gndi with the same probes, per batch
+    probed = channel_importance(model, data, layers, "gndi", n_probes=4)
+    direct = compute_gndi(
+        model, data, {"0": model[0]}, granularity="channel", n_probes=4, progress=False
+    )
+    torch.testing.assert_close(probed["0"], direct.mean["0"].double())
+    with pytest.raises(ValueError, match="criterion 'taylor' has its own definition"):
+        channel_importance(model, data, layers, "taylor", n_probes=4)
+    with pytest.raises(ValueError, match="target must be None, an int"):
+        channel_importance(model, data, layers, "gndi", target="logits")
+    args = build_parser().parse_args(
+        ["prune", "--model", "digits-resnet", "--target", "label", "--norm", "fisher"]
+        + ["--n-probes", "16"]
+    )
+    assert (args.target, args.norm, args.n_probes) == ("label", "fisher", 16)
+    assert build_parser().parse_args(["prune", "--model", "m", "--target", "3"]).target == 3

@@ -96,13 +96,13 @@ def test_batch_target_label_and_predicted():
 
 
 def test_data_parallel_looks_at_the_wrapped_module():
-    inner = nn.Linear(2, 2).eval()
+    inner = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)).eval()
     wrapped = nn.DataParallel(inner)
     wrapped.training = True  # the wrapper's own flag does not decide
     with warnings_as_errors():
         warn_if_training(wrapped)
     inner.train()
-    with pytest.warns(UserWarning, match="training mode"):
+    with pytest.warns(UserWarning, match="training mode: 1"):
         warn_if_training(nn.DataParallel(inner))
     assert model_device(wrapped) == torch.device("cpu")
 

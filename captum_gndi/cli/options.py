@@ -24,6 +24,7 @@ __all__ = [
     "add_baseline_option",
     "add_criteria_option",
     "add_model_options",
+    "add_output_options",
     "add_scoring_options",
     "known_criteria",
     "unit_granularity",
@@ -200,6 +201,46 @@ def add_baseline_option(parser: argparse.ArgumentParser | Any) -> None:
         choices=("zero", "mean"),
         default="zero",
         help="value the intervention sets the unit to: zero or the data-set mean activation",
+    )
+
+
+def _target(text: str) -> str | int | None:
+    if text == "none":
+        return None
+    if text in ("label", "predicted"):
+        return text
+    try:
+        return int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected none, label, predicted or a class index, got {text!r}"
+        ) from error
+
+
+def add_output_options(parser: argparse.ArgumentParser | Any) -> None:
+    """``--target``, ``--norm``, ``--n-probes``: which output G-NDI measures, and how.
+
+    Args:
+        parser: A subcommand's parser or one of its argument groups.
+    """
+    parser.add_argument(
+        "--target",
+        type=_target,
+        default=None,
+        metavar="{none,label,predicted,INDEX}",
+        help="output G-NDI measures: none (every output, default), each image's label, the "
+        "predicted class, or one class index (one backward pass instead of one per output)",
+    )
+    parser.add_argument(
+        "--norm",
+        default="l2",
+        help="norm over the output: l1, l2 (default), linf, a number p >= 1, or fisher",
+    )
+    parser.add_argument(
+        "--n-probes",
+        type=int,
+        help="estimate the L2 / Fisher norm from this many random vector-Jacobian products "
+        "(that many backward passes, whatever the number of outputs)",
     )
 
 

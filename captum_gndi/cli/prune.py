@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .loaders import LoadedModel, check_counts, cifar_root, load_model, split_names
-from .options import add_baseline_option, add_criteria_option, known_criteria
+from .options import add_baseline_option, add_criteria_option, add_output_options, known_criteria
 
 __all__ = ["add_parser", "run"]
 
@@ -117,6 +117,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="per-layer score normalisation before global ranking (default none)",
     )
     add_baseline_option(parser)
+    add_output_options(parser)
     parser.add_argument(
         "--n-steps", type=int, default=8, help="integration points of gndi_path (default 8)"
     )
@@ -236,6 +237,12 @@ def run(args: argparse.Namespace) -> int:
             n_steps=args.n_steps,
             seed=args.seed,
             progress=not args.quiet,
+            target=args.target,
+            **(
+                dict(norm=args.norm, n_probes=args.n_probes)
+                if criterion in ("gndi", "gndi_path")
+                else {}
+            ),
         )
         for criterion in criteria
     }

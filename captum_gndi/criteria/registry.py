@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..baselines import LayerBaseline
+from ..interventions.model_state import preserve_model
 from ..interventions.selection import Unit
 from ..runs import DataTarget, Layers
 from .activation import activation_change, gndi, gndi_path, hrank, taylor
@@ -148,6 +149,7 @@ def score_each(
 
 
 @_renamed_keyword("methods", "criteria")
+@preserve_model
 def score_criteria(
     model: nn.Module,
     data: Iterable[Any],
@@ -222,6 +224,7 @@ def score_criteria(
 
 
 @_renamed_keyword("method", "criterion")
+@preserve_model
 def channel_scores(
     criterion: str,
     model: nn.Module,

@@ -4,6 +4,9 @@ Modules, from the bottom up:
 
 - :mod:`~captum_gndi.interventions.hooks`: :func:`intervene`, the one hook helper (every hook
   the package registers), and the intervention points :class:`LayerCall` and :class:`Heads`.
+- :mod:`~captum_gndi.interventions.model_state`: :func:`~.model_state.preserve_model`, the
+  guard of every entry point (a module-global forward pre-hook on the calling thread: buffers
+  restored, one warning naming the submodules in training mode whose flag matters).
 - :mod:`~captum_gndi.interventions.suffix`: :class:`~.suffix.TracedModel`, a :mod:`torch.fx`
   trace split at each layer (the only use of :mod:`torch.fx`).
 - :mod:`~captum_gndi.interventions.edits`: :func:`set_units`, what an intervention does to an

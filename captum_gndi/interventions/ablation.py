@@ -46,6 +46,7 @@ from .damage import LABELLED_DEFAULT, Damage, DamageMetric, resolve_damage
 from .edits import set_units
 from .hooks import LayerSpec, intervene
 from .lfa import group_damage
+from .model_state import preserve_model
 from .selection import Unit, group_masks, probe_layers, select_units
 
 __all__ = ["AblationResult", "ablate", "batch_damage", "intervened_output"]
@@ -206,6 +207,7 @@ class AblationResult:
         }
 
 
+@preserve_model
 def ablate(
     model: nn.Module,
     data: Iterable[Any],

@@ -42,6 +42,7 @@ from .ablation import batch_damage
 from .backends import CleanBatch, HookBackend, make_backend
 from .damage import DamageMetric
 from .hooks import LayerSpec
+from .model_state import preserve_model
 from .selection import probe_layers
 
 __all__ = [
@@ -164,6 +165,7 @@ def unit_effects(
     return torch.cat(parts, 1)
 
 
+@preserve_model
 def activation_patch(
     model: nn.Module,
     data: PatchingTask | Iterable[Any],

@@ -39,6 +39,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from ..attr import LayerGNDI
 from ..interventions import intervene
+from ..interventions.model_state import preserve_model
 from ..runs import check_norm, eval_mode, iterate_batches, model_device
 from ..scoring import layer_baselines
 from .layers import channel_dim
@@ -208,6 +209,7 @@ class GNDIImportance(tp.importance.Importance):
         self._signature: Any = None
 
     @torch.no_grad()
+    @preserve_model
     def __call__(self, group: Any) -> Tensor | None:
         """The ``(len(group[0].idxs),)`` importance of a group's indices (``None`` for a group
         with no conv/linear/normalisation output, which Torch-Pruning skips)."""

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 
 from ..criteria import available_criteria as available_methods
 from ..criteria import channel_scores
+from ..interventions.model_state import preserve_model
+from ..runs import DataTarget, check_data_target
 from ..scoring import compute_gndi
 from .layers import PrunableLayer
 
@@ -31,6 +33,7 @@ CRITERIA = ("gndi", "gndi_path", "magnitude", "taylor", "snip", "hrank", "random
 :func:`captum_gndi.validation.criteria.available_methods` is accepted too)."""
 
 
+@preserve_model
 def channel_importance(
     model: nn.Module,
     data: Iterable[Any],
@@ -43,6 +46,9 @@ def channel_importance(
     device: torch.device | str | None = None,
     progress: bool = False,
     max_batches: int | None = None,
+    target: DataTarget = None,
+    norm: float | str = "l2",
+    n_probes: int | None = None,
 ) -> dict[str, Tensor]:
     """Score every output channel of the prunable layers (higher = more important).
 
@@ -63,12 +69,22 @@ def channel_importance(
         device: Where to run (default: the model's device).
         progress: Show progress bars.
         max_batches: Use at most this many batches of ``data``.
+        target: The output G-NDI measures: ``None`` (every output, e.g. all 1,000 logits),
+            ``"label"``, ``"predicted"`` or a class index (one output: one backward pass per
+            batch instead of one per logit). For the loss- and logit-based criteria (Taylor,
+            SNIP, ...) the class they use (default ``"label"``).
+        norm: G-NDI's norm over the output (``"l1"``, ``"l2"``, a number ``p >= 1``,
+            ``"fisher"``; see :func:`captum_gndi.compute_gndi`).
+        n_probes: Estimate G-NDI's squared L2 / Fisher norm from this many random
+            vector-Jacobian products per batch (``n_probes`` backward passes whatever the
+            number of outputs; see :mod:`captum_gndi.readouts`).
 
     Returns:
         Layer name -> ``(C,)`` float64 channel scores.
 
     Raises:
-        ValueError: For an unknown criterion or empty ``layers``.
+        ValueError: For an unknown criterion or empty ``layers``, or ``norm`` / ``n_probes``
+            with a criterion other than G-NDI.
 
     Examples:
         >>> layers = find_prunable(model, images[:8])
@@ -78,6 +94,13 @@ def channel_importance(
     """
     if not layers:
         raise ValueError("layers is empty; find_prunable(model, example_inputs) lists them.")
+    gndi = criterion in ("gndi", "gndi_path")
+    if not gndi and (n_probes is not None or norm != "l2"):
+        raise ValueError(
+            f"norm= and n_probes= set how G-NDI measures the output change; criterion "
+            f"{criterion!r} has its own definition. Drop them, or use 'gndi' / 'gndi_path'."
+        )
+    check_data_target(target)
     if criterion not in ("gndi", "gndi_path") and criterion not in available_methods():
         raise ValueError(
             f"Unknown criterion {criterion!r}; choose from {list(available_methods())}."
@@ -102,6 +125,7 @@ def channel_importance(
                 device,
                 progress,
                 max_batches,
+                dict(target=target, norm=norm, n_probes=n_probes),
             )
         )
     _warn_degenerate(scores, criterion)
@@ -141,8 +165,10 @@ def _scores(
     device: torch.device | str | None,
     progress: bool,
     max_batches: int | None,
+    output: dict[str, Any],
 ) -> dict[str, Tensor]:
-    """One criterion's channel scores of layers that share a channel dimension."""
+    """One criterion's channel scores of layers that share a channel dimension (``output``:
+    ``target``, ``norm`` and ``n_probes``)."""
     if criterion in ("gndi", "gndi_path"):
         result = compute_gndi(
             model,
@@ -155,6 +181,7 @@ def _scores(
             device=device,
             progress=progress,
             max_batches=max_batches,
+            **output,
         )
         return {name: result.mean[name].to(torch.float64).cpu() for name in points}
     scores = channel_scores(
@@ -163,7 +190,7 @@ def _scores(
         data,
         points,
         baseline=baseline,
-        target="label",
+        target="label" if output["target"] is None else output["target"],
         seed=seed,
         n_steps=n_steps,
         channel_dim=dim,

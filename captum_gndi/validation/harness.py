@@ -23,6 +23,7 @@ from ..baselines import LayerBaseline
 from ..criteria import UndefinedCriterion, build_context, check_criteria, score_each
 from ..criteria.groups import LayerMask
 from ..interventions.damage import LABELLED_DEFAULT, UNLABELLED_DEFAULT
+from ..interventions.model_state import preserve_model
 from ..patching import is_patching_data
 from ..runs import DataTarget, Layers, first_batch, resolve_device, resolve_layers
 from .ablation import ablate, layer_baselines, select_units
@@ -32,6 +33,7 @@ from .report import ValidationReport, build_report
 __all__ = ["validate"]
 
 
+@preserve_model
 def validate(
     model: nn.Module,
     data: Iterable[Any],

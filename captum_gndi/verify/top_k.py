@@ -55,6 +55,7 @@ from ..baselines import LayerBaseline
 from ..interventions.ablation import batch_damage
 from ..interventions.backends import ENGINES, CleanBatch, make_backend
 from ..interventions.damage import DAMAGE_METRICS, Damage, DamageMetric, resolve_damage
+from ..interventions.model_state import preserve_model
 from ..interventions.patching import EFFECT, patched_batches
 from ..interventions.selection import Unit, probe_layers
 from ..patching import check_direction, is_patching_data, metric_model, source_label
@@ -76,6 +77,7 @@ from .rule import calibration_quantile, screen_and_verify
 __all__ = ["verify_top_k"]
 
 
+@preserve_model
 def verify_top_k(
     model: nn.Module,
     data: Iterable[Any],
