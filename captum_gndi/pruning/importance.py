@@ -44,7 +44,13 @@ from ..runs import check_norm, eval_mode, iterate_batches, model_device
 from ..scoring import layer_baselines
 from .layers import channel_dim
 
-__all__ = ["GROUP_REDUCTIONS", "NORMALIZERS", "GNDIImportance", "ScoreImportance"]
+__all__ = [
+    "GROUP_REDUCTIONS",
+    "NORMALIZERS",
+    "GNDIImportance",
+    "ScoreImportance",
+    "normalize_group",
+]
 
 _F = tp.pruner.function
 _OUT_FNS = (

@@ -12,7 +12,17 @@
   naming of blocks). Zeroing such a channel removes only the branch's contribution: the shortcut
   still carries the channel, so no computation after the add is saved. These *block outputs*
   (``conv2``/``bn2`` of a CIFAR ResNet ``BasicBlock``, projection shortcuts) are therefore left
-  out by default; the block-internal channels (``conv1``'s outputs) are pruned.
+  out by default; the block-internal channels (``conv1``'s outputs) are pruned;
+- the activation dimension of its channels (:func:`channel_dim`: 1 for a conv, the last one for
+  a linear layer).
+
+With Torch-Pruning installed it also reads Torch-Pruning's dependency graph
+(:mod:`captum_gndi.pruning.coupling`): the modules whose channels are removed with the layer's
+(:attr:`PrunableLayer.coupled`: a depthwise conv and its norm, a squeeze-excitation gate, which
+the masks zero too), and residual couplings that go through other operations first (ConvNeXt's
+layer scale), which make a layer a block output. A layer whose channels are an earlier layer's
+(a depthwise conv after an expansion) is not listed on its own. The linear layers inside
+``nn.MultiheadAttention`` are never listed (:func:`attention_internals`).
 """
 
 from __future__ import annotations
@@ -198,7 +208,9 @@ def find_prunable(
     """List the conv/linear layers whose output channels can be pruned, in execution order.
 
     Runs the model once on ``example_inputs`` (in eval mode, without accumulating gradients; the
-    model's mode is restored). Every conv/linear that is not excluded must run exactly once.
+    model's mode is restored), and, with Torch-Pruning installed, builds its dependency graph
+    for the couplings (see the module docstring). Every conv/linear that is not excluded (and not
+    inside an ``nn.MultiheadAttention``) must run exactly once.
 
     Args:
         model: The model.
