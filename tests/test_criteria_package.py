@@ -112,6 +112,8 @@ def test_batches_carry_their_own_mask_rows():
     torch.testing.assert_close(torch.cat(rows), counts)
     first_masks, _ = ctx.engine_masks(batches[0])
     assert torch.equal(first_masks[0], mask[:4])
+    with pytest.raises(AttributeError):
+        ctx.units = []  # type: ignore[misc]
 
 
 def test_old_keywords_warn_and_give_the_same_numbers(setup):

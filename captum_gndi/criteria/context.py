@@ -80,12 +80,13 @@ class CriterionBatch:
     masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CriterionContext:
     """Everything a criterion reads: the model, the data, the units and the settings.
 
     Build it with :func:`build_context`, which resolves the layers, the units and the
-    baselines and checks the settings.
+    baselines and checks the settings. It is frozen: nothing on it changes while criteria run
+    (per-batch data travels in :class:`CriterionBatch`).
 
     Attributes:
         model: The model (in eval mode); criteria leave it unchanged.
