@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -36,9 +37,20 @@ from .job import (
 )
 from .units import Granularity, UnitIndex
 
-__all__ = ["TANGENT_CHUNK", "forward_effects", "is_missing_forward_ad", "tangent_groups"]
+__all__ = [
+    "FORWARD_AD_LOCK",
+    "TANGENT_CHUNK",
+    "forward_effects",
+    "is_missing_forward_ad",
+    "tangent_groups",
+]
 
 logger = logging.getLogger("captum_gndi.engine")  # one debug log for the whole engine
+
+FORWARD_AD_LOCK = threading.RLock()
+"""Held during every forward-mode pass: PyTorch's forward-AD levels (which ``torch.func.jvp``
+uses) are process-wide, so two threads scoring at once take turns here instead of closing each
+other's level."""
 
 TANGENT_CHUNK = 32
 """Tangents per vectorised forward pass (memory: this many copies of the activations)."""
@@ -98,7 +110,8 @@ def forward_effects(
     columns = []
     for start in range(0, len(cells), size):
         group = cells[start : start + size]
-        columns.append(_group_jvps(job, units, group, shared))
+        with FORWARD_AD_LOCK:
+            columns.append(_group_jvps(job, units, group, shared))
         if progress is not None:
             progress(1 + len(group))
     return assemble(units, cells, torch.cat(columns))

@@ -15,6 +15,7 @@ An *intervention point* is either a module (which must run exactly once per forw
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -243,6 +244,22 @@ class _CallCounter:
                     )
 
 
+def _thread_filter() -> Callable[[], bool]:
+    """Whether a hook call belongs to the computation that registered the hook: the same thread,
+    or a worker thread of torch's ``parallel_apply`` (``DataParallel`` runs its replicas, which
+    carry the hooks, in threads whose target is named ``_worker``). Hooks sit on shared modules;
+    a plain ``model(x)`` in any other thread must see the model unmodified, and two scorers on
+    different threads must not see each other's interventions or call counts."""
+    owner = threading.get_ident()
+
+    def on_this_thread() -> bool:
+        if threading.get_ident() == owner:
+            return True
+        return threading.current_thread().name.endswith("(_worker)")
+
+    return on_this_thread
+
+
 @contextmanager
 def intervene(
     layers: Sequence[LayerSpec],
@@ -281,9 +298,12 @@ def intervene(
         key = (id(module), attribute_to_layer_input or heads is not None)  # (module, on input)
         sites.setdefault(key, (module, []))[1].append(_Site(position, call_index, heads))
     counter = _CallCounter(labels, sites)
+    on_this_thread = _thread_filter()
 
     def make_hooks(key: tuple[int, bool], module_sites: list[_Site]):
         def apply(value: Any, where: str, single: bool) -> Any:
+            if not on_this_thread():
+                return None  # another thread runs the model: it sees it unmodified
             call = counter.calls[key]
             counter.calls[key] += 1
             for site in module_sites:
@@ -366,10 +386,12 @@ def count_calls(modules: Sequence[nn.Module], run: Callable[[], Any]) -> list[in
         [1]
     """
     counts = [0] * len(modules)
+    on_this_thread = _thread_filter()
 
     def counter(position: int) -> Callable[..., None]:
         def hook(*_: Any) -> None:
-            counts[position] += 1
+            if on_this_thread():
+                counts[position] += 1
 
         return hook
 
