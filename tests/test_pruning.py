@@ -558,15 +558,15 @@ def test_verify_top_k_least_damaging_equals_brute_force():
     damage = {
         (u.layer, u.channel): float(d) for u, d in zip(truth.units, truth.damage["output_delta"])
     }
-    for k in (1, 5):
-        result = verify_top_k(
-            model, data, layers, k=k, largest=False, expected_misses=0.05, progress=False
-        )
-        least = sorted(damage, key=damage.get)[:k]
-        assert result.units == least
-        np.testing.assert_allclose(result.damages, [damage[u] for u in least], rtol=1e-9)
-        assert result.settings["largest"] is False
-        assert str(result).startswith(f"Exact {k} least damaging units")
+    result = verify_top_k(
+        model, data, layers, k=3, largest=False, expected_misses=0.3, progress=False
+    )
+    least = sorted(damage, key=damage.get)[:3]
+    assert result.units == least
+    assert result.stopped == "rule" and result.n_ablations < result.n_units == 32
+    np.testing.assert_allclose(result.damages, [damage[u] for u in least], rtol=1e-9)
+    assert result.settings["largest"] is False
+    assert str(result).startswith("Exact 3 least damaging units")
 
 
 def test_least_damaging_rule_stops_once_no_unverified_unit_can_enter():
