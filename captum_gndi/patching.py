@@ -190,6 +190,8 @@ def patching_runs(
             token ids with matching shapes (the message names the fix).
     """
     check_direction(direction)
+    if isinstance(data, PatchingTask):
+        data = data.loader()  # its batches: len() counts batches, not prompt pairs
     batches, total, rank = shard(data, max_batches)
     count = 0
     for batch in tqdm(
