@@ -157,6 +157,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         p: float | str | None = ...,
         path: Path = ...,
         input_layer: nn.Module | str | None = ...,
+        probe_exact: int | None = ...,
     ) -> Scores: ...
 
     @overload
@@ -186,6 +187,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         p: float | str | None = ...,
         path: Path = ...,
         input_layer: nn.Module | str | None = ...,
+        probe_exact: int | None = ...,
     ) -> tuple[Scores, Scores]: ...
 
     @overload
@@ -214,6 +216,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         p: float | str | None = ...,
         path: Path = ...,
         input_layer: nn.Module | str | None = ...,
+        probe_exact: int | None = ...,
     ) -> Scores | tuple[Scores, Scores]: ...
 
     @log_usage()
@@ -243,6 +246,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         p: float | str | None = None,
         path: Path = "unit",
         input_layer: nn.Module | str | None = None,
+        probe_exact: int | None = None,
     ) -> Tensor | list[Tensor] | tuple[Tensor | list[Tensor], Tensor | list[Tensor]]:
         r"""Compute G-NDI scores for each example.
 
@@ -309,6 +313,13 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 per-example standard errors of the squared scores are left in
                 ``self.probe_stderr`` (same structure as the scores).
             probe_seed: Seed of the probes.
+            probe_exact: With ``n_probes``, a lower-variance unbiased estimate for full
+                vocabularies: per example and output position the ``probe_exact`` most
+                probable classes of the clean output (largest entries of the last dimension)
+                and the (softmax-weighted, for ``"fisher"``) mean of the rest are read out
+                exactly, and the probes cover only the rest (``(probe_exact + 1) x positions``
+                extra backward passes; see :mod:`captum_gndi.readouts`). ``self.probe_stderr``
+                is then the standard error of the probe part.
             internal_batch_size: Score at most this many examples per pass (Captum's
                 argument): the inputs and every per-example argument (tensors and target lists
                 with N rows in ``baselines``, ``target``, ``additional_forward_args``,
@@ -374,11 +385,12 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                     forward_kwargs=forward_kwargs,
                     n_probes=n_probes,
                     probe_seed=probe_seed,
+                    probe_exact=probe_exact,
                     path=path,
                     input_layer=input_layer,
                 ),
             )
-        readout = make_readout(norm, n_probes, probe_seed)
+        readout = make_readout(norm, n_probes, probe_seed, probe_exact)
         if signed and n_probes is not None:
             raise ValueError("signed=True needs the exact effect; drop n_probes.")
         if return_convergence_delta and n_probes is not None:

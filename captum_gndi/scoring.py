@@ -365,6 +365,7 @@ def compute_gndi(
     metric: Callable[[Any, Tensor], Tensor] | None = None,
     path: Path = "unit",
     input_layer: nn.Module | str | None = None,
+    probe_exact: int | None = None,
 ) -> GNDIResult:
     """G-NDI of every layer, averaged over a data set.
 
@@ -427,6 +428,10 @@ def compute_gndi(
             :meth:`LayerGNDI.attribute`). A progress bar counts the passes of either path.
         input_layer: For ``path="input"``: the module whose output is interpolated (default:
             the model's input embeddings).
+        probe_exact: With ``n_probes``: read the ``probe_exact`` most probable classes of each
+            example and position, and the mean of the rest, exactly; the probes cover the rest
+            (a lower-variance unbiased estimate for full vocabularies; see
+            :meth:`LayerGNDI.attribute` and :mod:`captum_gndi.readouts`).
 
     Returns:
         A :class:`GNDIResult` with per-layer mean, standard error and ranking. Under
@@ -443,7 +448,7 @@ def compute_gndi(
         >>> torch.distributed.init_process_group("nccl")
         >>> result = compute_gndi(model, loader, layers)  # same numbers on every rank
     """
-    readout = make_readout(norm, n_probes, probe_seed)
+    readout = make_readout(norm, n_probes, probe_seed, probe_exact)
     alphas, weights = path_points(n_steps, method)
     patching = is_patching_data(data)
     signed = patching if signed is None else signed
@@ -577,6 +582,8 @@ def compute_gndi(
     }
     if n_probes is not None:
         settings["n_probes"] = n_probes
+    if probe_exact is not None:
+        settings["probe_exact"] = probe_exact
     if path != "unit":
         settings["path"] = path
     if signed:
