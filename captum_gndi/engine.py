@@ -322,8 +322,15 @@ def _dispatch(
         try:
             return forward_effects(job, granularity, alphas, weights, progress=tick), "forward"
         except (NotImplementedError, RuntimeError) as error:
-            if mode == "forward" or not is_missing_forward_ad(error):
+            if not is_missing_forward_ad(error):
                 raise
+            if mode == "forward":
+                raise NotImplementedError(
+                    f"mode='forward' needs forward-mode AD, which an operator of this model "
+                    f"lacks ({error}). Use mode='reverse' (the same scores) or mode='auto' (falls "
+                    "back to reverse mode), or keep forward mode with attn_implementation='eager' "
+                    "/ `with captum_gndi.eager_attention(model):`."
+                ) from error
             warnings.warn(
                 f"Forward-mode AD is not supported by an operator in this model ({error}); "
                 "falling back to reverse mode (same scores). To keep forward mode, run inside "

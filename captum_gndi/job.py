@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .baselines import LayerBaseline, resolve_layer_baseline
 from .interventions import LayerSpec, intervene
+from .readouts import accumulation_dtype, check_precision
 from .runs import channel_count
 from .units import ChannelDim, UnitIndex, unit_index
 
@@ -314,7 +315,9 @@ def make_cells(
 def assemble(units: Sequence[UnitIndex], cells: Sequence[Cell], columns: Tensor) -> list[Tensor]:
     """Effects ``(K, N, *unit_shape)`` per layer from per-cell output tangents ``(C, N, K)``."""
     n, k = columns.shape[1:]
-    effects = [columns.new_zeros(k, n, index.n_groups) for index in units]
+    dtype = accumulation_dtype(columns.dtype)  # float32 sums for half-precision tangents
+    effects = [columns.new_zeros(k, n, index.n_groups, dtype=dtype) for index in units]
     for cell, column in zip(cells, columns):
         effects[cell.position][:, :, cell.group] += cell.weight * column.T
+    check_precision(effects, columns.dtype)
     return [e.reshape(k, n, *index.shape) for e, index in zip(effects, units)]

@@ -26,6 +26,7 @@ __all__ = [
     "Runner",
     "attention_mask_of",
     "call_model",
+    "check_devices",
     "check_inputs",
     "check_keywords",
     "eval_mode",
@@ -52,6 +53,39 @@ def check_inputs(inputs: tuple[Tensor, ...]) -> None:
                 f"inputs[{index}] contains NaN or inf values; G-NDI would be NaN. "
                 "Clean or mask the inputs first."
             )
+
+
+_DEVICE_ERRORS = ("same device", "expected device", "device type", "on the meta device")
+"""Parts of PyTorch's messages for a forward pass that mixes devices."""
+
+
+def check_devices(error: RuntimeError, model: Any, inputs: tuple[Tensor, ...]) -> None:
+    """Turn PyTorch's error for a forward pass that mixed devices into one naming the fix.
+
+    Inputs are not moved behind the user's back (Captum's convention: ``attribute`` runs the
+    inputs where they are); :func:`captum_gndi.compute_gndi`, ``validate`` and
+    ``verify_top_k`` move each batch to :func:`captum_gndi.runs.model_device` themselves.
+
+    Raises:
+        RuntimeError: When ``error`` says tensors on different devices met; otherwise returns.
+    """
+    if not any(part in str(error) for part in _DEVICE_ERRORS):
+        return
+    found = {str(t.device) for t in inputs if isinstance(t, Tensor)}
+    module = unwrap_model(model)
+    weights = ""
+    if isinstance(module, nn.Module):
+        devices = sorted({str(p.device) for p in module.parameters()})
+        weights = f"; the model's parameters are on {', '.join(devices)}"
+    raise RuntimeError(
+        f"The model's forward pass met tensors on different devices ({error}). The inputs are "
+        f"on {', '.join(sorted(found))}{weights}. Move the inputs to the device of the model's "
+        "first layer (captum_gndi.runs.model_device(model); compute_gndi, validate and "
+        "verify_top_k do this themselves), keep the model on one device, or load it with "
+        "accelerate's device_map, whose hooks move activations between the layers' devices "
+        "(weights left on the meta device must be loaded first, e.g. with "
+        "load_checkpoint_and_dispatch)."
+    ) from error
 
 
 def unwrap_model(model: Any) -> Any:
@@ -173,7 +207,11 @@ class Runner:
     def __call__(self) -> Tensor:
         """Run the model; return the target-selected output as ``(N, K)``."""
         inputs, target = self.inputs, self.target
-        output = run_forward(self.forward_func, inputs, self.forward_args)
+        try:
+            output = run_forward(self.forward_func, inputs, self.forward_args)
+        except RuntimeError as error:
+            check_devices(error, self.forward_func, inputs)
+            raise
         if not isinstance(output, Tensor) and isinstance(getattr(output, "logits", None), Tensor):
             output = output.logits  # a Hugging Face ModelOutput: its logits are the output
         if not isinstance(output, Tensor):

@@ -31,11 +31,17 @@ A :class:`Readout` turns them into scores:
   outside ``S`` and off the common shift of ``R`` (L2). Cost: ``(r + 1) x P + m`` backward
   passes for ``P`` output positions; ``r`` at least the class count makes the estimate exact
   (the probe rows are then zero).
+
+Half-precision models (float16, bfloat16) keep their own dtype in the forward and backward
+passes; effects, the Fisher softmax and every reduction are float32
+(:func:`accumulation_dtype`), and :func:`check_precision` warns where a half-precision effect
+underflowed to zero (overflow, inf or NaN, is an error).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -43,9 +49,44 @@ from torch import Tensor
 
 from .runs import check_norm
 
-__all__ = ["FISHER", "Readout", "make_readout"]
+__all__ = ["FISHER", "HALF", "Readout", "accumulation_dtype", "check_precision", "make_readout"]
 
 FISHER = "fisher"
+
+HALF = (torch.float16, torch.bfloat16)
+"""Half-precision dtypes: their effects, softmax and reductions are computed in float32."""
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of effects, scores and their reductions for a model computing in ``dtype``:
+    float32 for float16 / bfloat16 (whose 8- or 11-bit mantissas lose a sum over many
+    elements), else ``dtype`` itself."""
+    return torch.float32 if dtype in HALF else dtype
+
+
+def check_precision(
+    effects: list[Tensor], dtype: torch.dtype, labels: list[str] | None = None
+) -> None:
+    """Warn where an effect of a half-precision (``dtype``) pass underflowed to zero.
+
+    An effect that is exactly zero everywhere underflowed (float16 flushes values below 6e-8 to
+    zero) unless the layer truly does not reach the output. Overflow (inf or NaN) is an error
+    of :meth:`captum_gndi.job.ScoringJob.check_effects`. Float32 and float64 passes are not
+    checked.
+    """
+    if dtype not in HALF:
+        return
+    for i, effect in enumerate(effects):
+        if effect.numel() and not effect.any():
+            where = f"'{labels[i]}'" if labels is not None else f"{i} (in the order given)"
+            warnings.warn(
+                f"The G-NDI effects of layer {where}, computed in {dtype}, are all zero: the "
+                "tangents or gradients underflowed (or the layer does not reach the output). "
+                "Score a float32 copy of the model (model.float()) or use bfloat16 (float32's "
+                "range) instead of float16.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 @dataclass
@@ -86,7 +127,7 @@ class Readout:
                 "logit output, or a p-norm (without probe_exact)."
             )
         logits = output.detach().reshape(output.shape[0], -1, shape[-1])
-        return torch.softmax(logits.to(torch.float64), dim=-1).to(output.dtype)
+        return torch.softmax(logits.to(torch.float64), dim=-1).to(accumulation_dtype(output.dtype))
 
     def exact_rows(self, output: Tensor) -> int:
         """Rows read out exactly before the probes: ``(probe_exact + 1) x P`` (else 0)."""
@@ -125,7 +166,7 @@ class Readout:
                 drawn = torch.multinomial(flat, 1, generator=generator).reshape(pi.shape[:2])
                 v = -pi.clone()
                 v.scatter_add_(2, drawn.to(v.device)[..., None], torch.ones_like(v[..., :1]))
-                rows.append(v.reshape(n, k_total))
+                rows.append(v.reshape(n, k_total).to(output.dtype))
             else:
                 signs = torch.randint(0, 2, (n, k_total), generator=generator) * 2 - 1
                 rows.append(signs.to(device=output.device, dtype=output.dtype))
@@ -185,6 +226,7 @@ class Readout:
 
     def scores(self, effect: Tensor, output: Tensor | None = None) -> Tensor:
         """The score of every unit from its effect ``(K, N, *units)`` (or probe projections)."""
+        effect = effect.to(accumulation_dtype(effect.dtype))
         if self.n_probes is not None:
             return torch.linalg.vector_norm(effect, ord=2, dim=0)
         if not self.fisher:

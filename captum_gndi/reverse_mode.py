@@ -31,7 +31,7 @@ from .job import (
     parts,
     rebuild,
 )
-from .readouts import Readout
+from .readouts import Readout, accumulation_dtype, check_precision
 from .units import Granularity, UnitIndex
 
 __all__ = [
@@ -139,11 +139,15 @@ def vjp_effects(
                 grad = next(grads)
                 if grad is None:  # the output does not depend on this tensor
                     grad = delta.new_zeros(()).expand(stop - start, *delta.shape)
-                reduced = index.reduce(grad * delta)
+                dtype = accumulation_dtype(delta.dtype)  # float32 products for half precision
+                reduced = index.reduce(grad.to(dtype) * delta.to(dtype))
                 part = reduced if part is None else part + reduced
-            if effects[i] is None:
-                effects[i] = part.new_empty((k_total, *part.shape[1:]))
+            if effects[i] is None:  # on the output's device, where the readout reads them
+                shape = (k_total, *part.shape[1:])
+                effects[i] = torch.empty(shape, dtype=part.dtype, device=output.device)
             effects[i][start:stop] = part  # type: ignore[index]
+    labels = list(job.labels) if len(job.labels) == len(effects) else None
+    check_precision(effects, output.dtype, labels)  # type: ignore[arg-type]
     return effects  # type: ignore[return-value]
 
 

@@ -249,10 +249,10 @@ def mean_activations(
                 # token activations under an attention mask: pooled over real tokens only, so
                 # padding neither biases the mean nor ties it to one padded length
                 weights = mask.to(torch.float64).reshape(*mask.shape, *([1] * (h.dim() - 2)))
-                total = (h.to(torch.float64) * weights).sum((0, 1))
+                total = (h.to(device, torch.float64) * weights).sum((0, 1))
                 counts[i] += mask.sum()
             else:
-                total = h.to(torch.float64).sum(0)
+                total = h.to(device, torch.float64).sum(0)  # summed where the inputs are
                 counts[i] += h.shape[0]
             if sums[i] is not None and sums[i].shape != total.shape:
                 raise ValueError(
