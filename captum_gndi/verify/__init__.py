@@ -3,6 +3,7 @@
 - :mod:`~captum_gndi.verify.top_k`: :func:`verify_top_k` = screen (first-order G-NDI,
   :func:`captum_gndi.compute_gndi`) + ablate (the batched ablation of
   :mod:`captum_gndi.interventions.ablation`) + the stopping rule.
+- :mod:`~captum_gndi.verify.screens`: the screens (first order, ``path="input"``, combined).
 - :mod:`~captum_gndi.verify.rule`: the stopping rule as pure functions of numbers
   (:func:`screen_and_verify`), with its derivation.
 - :mod:`~captum_gndi.verify.result`: :class:`VerifyResult`.

@@ -7,7 +7,9 @@ of AtP* (Kramár et al. 2024), which screens with attribution patching and verif
 activation patching:
 
 1. **Screen.** Score every unit with first-order G-NDI over the data (:func:`compute_gndi`,
-   with ``layer_mask`` for groups): the predicted damage ``s_u``.
+   with ``layer_mask`` for groups): the predicted damage ``s_u``. On patching data the default
+   screen is the larger of first-order and ``path="input"`` G-NDI per unit (``screen=``,
+   :mod:`captum_gndi.verify.screens`).
 2. **Audit.** Ablate a uniform random sample of ``m`` units among those G-NDI does *not* put in
    its top k (default ``m = ceil(k / expected_misses)``, see below), so that the calibration
    also sees the low-ranked units, where first-order errors are largest.
@@ -21,7 +23,8 @@ activation patching:
 Patching data. With a :class:`~captum_gndi.tasks.PatchingTask` (or a loader of ``(clean,
 corrupted, answers)`` batches) and a metric model ``f(input_ids, answers) -> (N, 1)``, the
 baseline of a unit is its activation on the other prompt of each pair (per example, see
-:mod:`captum_gndi.patching`), the screen is the absolute mean of signed first-order G-NDI, and
+:mod:`captum_gndi.patching`), the screen is the absolute mean of signed G-NDI estimates
+(``screen=``: first order, ``path="input"``, or the larger of the two, the default), and
 the true damage of a unit is the absolute mean of its exact patching effect ``f(x) - f(x;
 do(h_u := b_u))`` (:data:`captum_gndi.interventions.patching.EFFECT`), whose signed value is
 kept in ``result.effects``.
@@ -52,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from ..baselines import LayerBaseline
+from ..input_path import find_input_layer
 from ..interventions.ablation import batch_damage
 from ..interventions.backends import ENGINES, CleanBatch, make_backend
 from ..interventions.damage import DAMAGE_METRICS, Damage, DamageMetric, resolve_damage
@@ -69,10 +73,11 @@ from ..runs import (
     resolve_layers,
     warn_if_training,
 )
-from ..scoring import compute_gndi, layer_baselines
+from ..scoring import layer_baselines
 from ..units import ChannelDim, LayerMask, resolve_layer_masks, unit_index
 from .result import UnitKey, VerifyResult
 from .rule import calibration_quantile, screen_and_verify
+from .screens import check_screen, screen_scores
 
 __all__ = ["verify_top_k"]
 
@@ -101,6 +106,8 @@ def verify_top_k(
     seed: int = 0,
     direction: str = "noising",
     metric: Callable[[Any, Tensor], Tensor] | None = None,
+    screen: str = "auto",
+    n_steps: int = 4,
     largest: bool = True,
 ) -> VerifyResult:
     """The exact top-k units by ablation damage, verifying only what G-NDI cannot rule out.
@@ -158,6 +165,14 @@ def verify_top_k(
             activations in: TransformerLens's default).
         metric: With patching data: ``metric(output, answers)``, one number per example, with
             a plain model.
+        screen: What predicts the damage (:mod:`captum_gndi.verify.screens`):
+            ``"first_order"`` (first-order G-NDI: minus attribution patching on patching
+            data), ``"input"`` (``path="input"`` G-NDI, EAP-IG, ``n_steps`` points) or
+            ``"combined"`` (the larger of the two per unit); ``"auto"`` (default):
+            ``"combined"`` on patching data with a model that has ``get_input_embeddings()``,
+            ``"first_order"`` otherwise (the only screen there).
+        n_steps: Input-path points of the ``"input"`` and ``"combined"`` screens (each costs
+            ``n_steps`` forward and backward passes over the data).
         largest: ``True`` for the k most damaging units; ``False`` for the k *least* damaging
             ones (e.g. the channels to prune), verified in order of increasing score with the
             mirrored rule (:mod:`captum_gndi.verify.rule`).
@@ -192,6 +207,9 @@ def verify_top_k(
             f"{granularity!r}."
         )
     patching = is_patching_data(data)
+    screen = check_screen(
+        screen, patching, n_steps, find_input_layer(metric_model(model, metric)) is not None
+    )
     if patching:
         check_direction(direction)
         if baseline not in (None, "zero") or target is not None or damage != "output_delta":
@@ -232,23 +250,25 @@ def verify_top_k(
     depth, shapes = probe_layers(model, batches[0].inputs, named)
     masks = resolve_layer_masks(layer_mask, names)
     mode = "group" if masks is not None else granularity
-    screen = compute_gndi(
+    predicted = screen_scores(
         model,
         data if patching else cached,
         named,
+        screen,
+        n_steps=n_steps,
         baseline="zero" if patching else batch_baselines[0],
         target=target,
         device=device,
         progress=progress,
         max_batches=max_batches if patching else None,
-        granularity=granularity,  # type: ignore[arg-type]
-        channel_dim=channel_dim,  # type: ignore[arg-type]
+        granularity=granularity,
+        channel_dim=channel_dim,
         layer_mask=masks,
         direction=direction,
     )
     scores: dict[UnitKey, float] = {}
     for name in sorted(names, key=depth.__getitem__):
-        values = screen.mean[name].detach().double().flatten().abs().cpu().numpy()
+        values = predicted[name].flatten().cpu().numpy()
         if mode == "layer":
             scores[Unit(name, None, depth[name]).key] = float(values.sum())
         else:
@@ -327,8 +347,11 @@ def verify_top_k(
             "channel_dim": channel_dim if isinstance(channel_dim, int) else list(channel_dim),
             "target": target,
             "n_examples": count,
+            "screen": screen,
         }
     )
+    if screen != "first_order":
+        result.settings["n_steps"] = n_steps
     if patching:
         result.settings["direction"] = direction
     return result

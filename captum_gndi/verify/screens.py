@@ -1,0 +1,151 @@
+"""The screens of :func:`captum_gndi.verify_top_k`: every unit's predicted damage before verifying.
+
+A screen orders the units for verification and gives the stopping rule
+(:mod:`captum_gndi.verify.rule`) its predicted damages ``s_u``. On patching data (a
+:class:`~captum_gndi.tasks.PatchingTask`) three screens are offered, each the absolute mean over
+prompt pairs of a signed estimate of the patching effect ``f(x) - f(x; do(h_u := b_u))``:
+
+- ``"first_order"``: first-order G-NDI, ``J (h - b)`` (minus attribution patching, AtP):
+  one forward and one backward pass for every unit of every layer;
+- ``"input"``: ``path="input"`` (EAP-IG, Hanna et al. 2024) at ``n_steps`` points: the gradient
+  averaged along the input-space path from the corrupted to the clean prompt, times ``h - b``;
+  ``n_steps`` forward and backward passes;
+- ``"combined"`` (the default on patching data, ``"auto"``): ``max(|first order|, |input|)`` per
+  unit. Both are estimates of the same effect on the metric's scale, so their maximum is too,
+  and the stopping rule's calibration ratio (true / predicted) keeps its meaning. A unit either
+  screen ranks high is verified early: first order misses units whose effect cancels or
+  saturates along the way (attention patterns), the input path misses others whose gradient is
+  small in the middle of the path. ``docs/results.md`` ("A real LLM: screen and verify")
+  measures it against each alone on SmolLM2's heads.
+
+Other data (zero, mean or given baselines) has one screen, ``"first_order"``: the norm of the
+first-order G-NDI effect; ``path="input"`` needs input-space baselines that such data lacks.
+Nor can a model without ``get_input_embeddings()`` (on itself or a submodule) be screened along
+the input path, whose token ids are interpolated in the embedding space; ``"auto"`` is
+``"first_order"`` there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..baselines import LayerBaseline
+from ..runs import DataTarget
+from ..scoring import compute_gndi
+from ..units import ChannelDim
+
+__all__ = ["PATCHING_SCREENS", "SCREENS", "check_screen", "screen_scores"]
+
+SCREENS = ("first_order", "input", "combined")
+"""The screens of :func:`captum_gndi.verify_top_k` (``"auto"`` picks one)."""
+
+PATCHING_SCREENS = SCREENS
+"""The screens available on patching data; other data has ``"first_order"`` only."""
+
+
+def check_screen(screen: str, patching: bool, n_steps: int, embeddings: bool = True) -> str:
+    """The screen to run: ``"auto"`` is ``"combined"`` on patching data with a model whose input
+    embeddings are found (``get_input_embeddings()``), else ``"first_order"``.
+
+    Args:
+        screen: ``"auto"`` or one of :data:`SCREENS`.
+        patching: Whether the data is patching data.
+        n_steps: Input-path points of the path screens.
+        embeddings: Whether the model's input embeddings were found (the input path of token
+            ids runs through them).
+
+    Raises:
+        ValueError: For an unknown screen, a path screen without patching data or without input
+            embeddings, or ``n_steps`` below 2 for a screen that integrates.
+    """
+    if screen == "auto":
+        screen = "combined" if patching and embeddings else "first_order"
+    if screen not in SCREENS:
+        raise ValueError(
+            f"screen must be 'auto' or one of {SCREENS} (first-order G-NDI, path='input' "
+            f"G-NDI, or the larger of the two per unit), got {screen!r}."
+        )
+    if screen != "first_order" and not patching:
+        raise ValueError(
+            f"screen={screen!r} integrates along the input path from the corrupted to the clean "
+            "prompt, which needs patching data (a PatchingTask); use screen='first_order'."
+        )
+    if screen != "first_order" and not embeddings:
+        raise ValueError(
+            f"screen={screen!r} interpolates the token embeddings from the corrupted to the "
+            "clean prompt, but the model has no get_input_embeddings() (nor has any submodule); "
+            "use screen='first_order'."
+        )
+    if screen != "first_order" and (
+        isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2
+    ):
+        raise ValueError(
+            f"n_steps is the number of input-path points of screen={screen!r} and must be an "
+            f"integer >= 2, got {n_steps!r}."
+        )
+    return screen
+
+
+def screen_scores(
+    model: nn.Module,
+    data: Iterable[Any],
+    layers: Mapping[str, Any],
+    screen: str,
+    *,
+    n_steps: int = 4,
+    baseline: str | float | Mapping[str, LayerBaseline] = "zero",
+    target: DataTarget = None,
+    device: torch.device | None = None,
+    progress: bool = False,
+    max_batches: int | None = None,
+    granularity: str = "channel",
+    channel_dim: ChannelDim = 1,
+    layer_mask: Mapping[str, Tensor] | None = None,
+    direction: str = "noising",
+) -> dict[str, Tensor]:
+    """Every unit's predicted damage (``>= 0``) per layer, from the screen ``screen``.
+
+    Args:
+        model: The model (with patching data, the metric model).
+        data: The data, as :func:`captum_gndi.compute_gndi` reads it.
+        layers: Name -> layer.
+        screen: One of :data:`SCREENS` (already checked by :func:`check_screen`).
+        n_steps: Input-path points of ``"input"`` and ``"combined"``.
+        baseline: The layer baselines of non-patching data.
+        target: G-NDI's target (non-patching data).
+        device: Where to run.
+        progress: Show progress bars.
+        max_batches: Use at most this many batches.
+        granularity: ``"channel"`` or ``"layer"`` (ignored with ``layer_mask``).
+        channel_dim: The channel dimension(s).
+        layer_mask: Groups, one mask per layer name.
+        direction: The patching direction.
+
+    Returns:
+        Name -> the absolute mean estimate of every unit of the layer (the shape
+        :func:`captum_gndi.compute_gndi` gives).
+    """
+    common: dict[str, Any] = {
+        "baseline": baseline,
+        "target": target,
+        "device": device,
+        "progress": progress,
+        "max_batches": max_batches,
+        "granularity": granularity,
+        "channel_dim": channel_dim,
+        "layer_mask": layer_mask,
+        "direction": direction,
+    }
+    runs = []
+    if screen in ("first_order", "combined"):
+        runs.append(compute_gndi(model, data, layers, **common))
+    if screen in ("input", "combined"):
+        runs.append(compute_gndi(model, data, layers, n_steps=n_steps, path="input", **common))
+    return {
+        name: torch.stack([run.mean[name].detach().double().abs() for run in runs]).amax(0)
+        for name in layers
+    }
