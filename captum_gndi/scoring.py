@@ -44,6 +44,7 @@ from .patching import (
     source_label,
 )
 from .readouts import make_readout
+from .reliability import first_order_ratios, warn_first_order
 from .runs import (
     DataTarget,
     Layers,
@@ -57,6 +58,7 @@ from .runs import (
     chunks,
     iterate_batches,
     make_runner,
+    map_inputs,
     resolve_device,
     resolve_layers,
     warn_if_training,
@@ -86,6 +88,9 @@ class GNDIResult:
             data also signed and direction).
         probe_stderr: With random probes, the probes' own standard error of ``mean`` (the
             Monte-Carlo error, separate from the spread over examples in ``stderr``).
+        first_order_ratio: The reliability check (:mod:`captum_gndi.reliability`): per layer,
+            first-order G-NDI of the whole layer / the real intervention's effect on the first
+            ``check_first_order`` examples (``None`` when not run).
     """
 
     names: list[str]
@@ -94,6 +99,7 @@ class GNDIResult:
     n_examples: int
     settings: dict[str, Any] = field(default_factory=dict)
     probe_stderr: dict[str, Tensor] | None = None
+    first_order_ratio: dict[str, float] | None = None
 
     def layer_scores(self) -> dict[str, float]:
         """One number per layer (for channel/unit granularity: the sum over units)."""
@@ -149,6 +155,7 @@ class GNDIResult:
         return {
             "n_examples": self.n_examples,
             "settings": dict(self.settings),
+            "first_order_ratio": self.first_order_ratio,
             "layers": {
                 name: {
                     "mean": self.mean[name].tolist(),
@@ -366,6 +373,7 @@ def compute_gndi(
     path: Path = "unit",
     input_layer: nn.Module | str | None = None,
     probe_exact: int | None = None,
+    check_first_order: int = 8,
 ) -> GNDIResult:
     """G-NDI of every layer, averaged over a data set.
 
@@ -432,6 +440,12 @@ def compute_gndi(
             example and position, and the mean of the rest, exactly; the probes cover the rest
             (a lower-variance unbiased estimate for full vocabularies; see
             :meth:`LayerGNDI.attribute` and :mod:`captum_gndi.readouts`).
+        check_first_order: The reliability check of first-order G-NDI
+            (:mod:`captum_gndi.reliability`): on the first this many examples, one real
+            intervention per layer (``L + 1`` forward passes) against the layer's first-order
+            score; a warning names the layers where they differ by more than a factor of 2 and
+            recommends ``n_steps``, and ``result.first_order_ratio`` keeps the ratios. Runs with
+            ``n_steps=1`` on non-patching data; 0 skips it.
 
     Returns:
         A :class:`GNDIResult` with per-layer mean, standard error and ranking. Under
@@ -522,18 +536,28 @@ def compute_gndi(
         for index, (inputs, labels) in enumerate(batches):
             for part, part_labels in chunks(inputs, labels, internal_batch_size):
                 check_inputs(part)
-                job = ScoringJob(
-                    run=make_runner(
-                        model, part, None, batch_target(model, part, part_labels, target)
-                    ),
-                    layers=specs,
-                    labels=names,
-                    baselines=exclude_padding(specs, baselines, attention_mask_of(part)),
-                    attribute_to_layer_input=attribute_to_layer_input,
-                    channel_dim=channel_dim,
-                    layer_masks=masks,
-                )
-                yield index, job
+                if check and not sample:  # the examples of the reliability check
+                    sample.append(
+                        batch_job(
+                            map_inputs(part, lambda t: t[:check].clone()),  # not a view:
+                            None if part_labels is None else part_labels[:check].clone(),
+                        )
+                    )
+                yield index, batch_job(part, part_labels)
+
+    def batch_job(part: tuple[Tensor, ...], part_labels: Tensor | None) -> ScoringJob:
+        return ScoringJob(
+            run=make_runner(model, part, None, batch_target(model, part, part_labels, target)),
+            layers=specs,
+            labels=names,
+            baselines=exclude_padding(specs, baselines, attention_mask_of(part)),
+            attribute_to_layer_input=attribute_to_layer_input,
+            channel_dim=channel_dim,
+            layer_masks=masks,
+        )
+
+    check = check_first_order if n_steps == 1 and not signed else 0
+    sample: list[ScoringJob] = []
 
     for index, job in jobs():
         readout.seed = probe_seed + index
@@ -590,7 +614,13 @@ def compute_gndi(
         settings["signed"] = True
     if patching:
         settings.update(baseline=source_label(direction), direction=direction)
-    return GNDIResult(names, mean, stderr, n, settings, probe_stderr)
+    ratios = None
+    if sample:
+        ratios = first_order_ratios(
+            sample[0], make_readout(norm, n_probes, probe_seed, probe_exact), mode
+        )
+        warn_first_order(ratios, sample[0].run.inputs[0].shape[0], stacklevel=4)
+    return GNDIResult(names, mean, stderr, n, settings, probe_stderr, ratios)
 
 
 def _second_pass(batches: Iterator[Any]) -> Iterator[Any]:

@@ -4,13 +4,15 @@ in the issue."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from captum.testing.helpers.basic_models import BasicModel_MultiLayer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_gndi import LayerGNDI, compute_gndi
+from captum_gndi import LayerGNDI, compute_gndi, model_logits
 
 
 @pytest.fixture
@@ -324,3 +326,60 @@ def test_channel_importance_takes_target_norm_and_n_probes():
     )
     assert (args.target, args.norm, args.n_probes) == ("label", "fisher", 16)
     assert build_parser().parse_args(["prune", "--model", "m", "--target", "3"]).target == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. First order where it cannot see: the built-in reliability check
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reliability_check_names_a_layer_before_a_normalisation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3)).eval()
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(4))
+    layers = {"stream": model[0], "normed": model[1]}
+    with pytest.warns(UserWarning, match=r"off by more than a factor of 2 on 8 examples for 'str"):
+        result = compute_gndi(model, [x], layers, progress=False)
+    ratios = result.first_order_ratio
+    assert ratios["stream"] < 1e-3  # LayerNorm is scale invariant: J h = 0 to first order
+    assert ratios["normed"] == pytest.approx(1.0, rel=1e-5)  # only a linear layer after it
+    # the ratio against an independent computation on the same 8 examples
+    exact = (model(x[:8]) - model[2](model[1](torch.zeros(8, 8)))).norm(dim=1).mean()
+    first = LayerGNDI(model, model[0]).attribute(x[:8]).mean()
+    assert ratios["stream"] == pytest.approx(float(first / exact), rel=1e-4)
+    assert result.to_dict()["first_order_ratio"] == ratios
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        skipped = compute_gndi(model, [x], layers, progress=False, check_first_order=0)
+        compute_gndi(model, [x], {"normed": model[1]}, progress=False)  # reliable: no warning
+    assert skipped.first_order_ratio is None
+
+
+def test_reliability_check_on_gpt2s_last_block():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        n_embd=16, n_layer=2, n_head=2, vocab_size=40, attn_implementation="eager"
+    )
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 40, (4, 6), generator=torch.Generator().manual_seed(5))
+    logits = model_logits(gpt2, token_index=-1)  # next-token logits
+    with pytest.warns(UserWarning, match=r"'last block' \(\d"):
+        result = compute_gndi(
+            logits, [ids], {"last block": gpt2.transformer.h[-1]}, target=0, progress=False
+        )
+    assert result.first_order_ratio["last block"] < 0.05  # 0.009: ln_f is scale invariant
+
+
+def test_reliability_check_with_probes_and_the_fisher_norm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 5)).eval()
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(6))
+    for kwargs in (dict(norm="fisher"), dict(n_probes=64), dict(norm="fisher", n_probes=64)):
+        with pytest.warns(UserWarning, match="'stream'"):
+            result = compute_gndi(model, [x], {"stream": model[0]}, progress=False, **kwargs)
+        assert result.first_order_ratio["stream"] < 1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = compute_gndi(model, [x], {"normed": model[1]}, progress=False, n_probes=4096)
+    assert result.first_order_ratio["normed"] == pytest.approx(1.0, rel=0.1)  # probe estimate
