@@ -126,10 +126,15 @@ def test_the_cache_is_used_while_it_matches_the_gguf_file(monkeypatch, tmp_path,
     model, tokenizer = zoo.load_smollm2(tiny_folder)
     model.save_pretrained(cache)
     tokenizer.save_pretrained(cache)
-    source = {"gguf": "SmolLM2.gguf", "size": fake.stat().st_size}
+    source = {"gguf": "SmolLM2.gguf", "size": fake.stat().st_size, "format": smollm2.CACHE_FORMAT}
     (cache / smollm2.SOURCE_FILE).write_text(json.dumps(source))
     loaded, _ = zoo.load_smollm2(cache_dir=cache)  # the garbage file is never read
     torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight)
+    old_format = {**source, "format": smollm2.CACHE_FORMAT - 1}
+    (cache / smollm2.SOURCE_FILE).write_text(json.dumps(old_format))
+    with pytest.raises(ValueError, match="corrupt"):  # an old cache layout is made again
+        zoo.load_smollm2(cache_dir=cache)
+    (cache / smollm2.SOURCE_FILE).write_text(json.dumps(source))
     _garbage(fake, size=8192)  # another file now: the cache is stale and is made again
     with pytest.raises(ValueError, match="corrupt"):
         zoo.load_smollm2(cache_dir=cache)

