@@ -32,9 +32,9 @@ from .engine import (
 from .input_path import Path, check_path, expand_input_baselines, input_path
 from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
 from .interventions.model_state import preserve_model
-from .padding import exclude_padding
+from .padding import attention_mask_argument, exclude_padding, warn_unmasked_padding
 from .readouts import make_readout
-from .runs import KeywordInputs, check_inputs, make_runner, warn_if_training
+from .runs import KeywordInputs, check_inputs, make_runner, unwrap_model, warn_if_training
 from .units import ChannelDim, layer_masks
 
 __all__ = ["LayerGNDI"]
@@ -435,10 +435,14 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
             )
         else:
             layer_specs = per_layer(layer_baselines, len(self._layers))
-        if forward_kwargs:  # padded token positions of Heads points are not intervened on
-            layer_specs = exclude_padding(
-                self._layers, layer_specs, forward_kwargs.get("attention_mask")
-            )
+        # padded token positions of Heads points are not intervened on; the mask may come by
+        # keyword or, the Captum way, in additional_forward_args (found by the signature)
+        mask = attention_mask_argument(
+            self.forward_func, len(input_tuple), forward_args, forward_kwargs
+        )
+        if mask is None:
+            warn_unmasked_padding(unwrap_model(self.forward_func), input_tuple, stacklevel=4)
+        layer_specs = exclude_padding(self._layers, layer_specs, mask)
         job = ScoringJob(
             run=make_runner(forward_func, input_tuple, forward_args, target),
             layers=self._layers,

@@ -3,15 +3,21 @@
 :func:`exclude_padding` wraps the layer baselines of :class:`~captum_gndi.Heads` points in
 :class:`PaddingExcluded`, which returns the activation itself at padded positions, so ``h - b``
 is zero there. ``LayerGNDI.attribute`` and ``compute_gndi`` apply it when the model's keyword
-inputs hold an ``attention_mask`` (read by :func:`captum_gndi.model_calls.attention_mask_of`).
+inputs hold an ``attention_mask`` (read by :func:`captum_gndi.model_calls.attention_mask_of`);
+``LayerGNDI.attribute`` also finds it in ``additional_forward_args`` by the model's signature
+(:func:`attention_mask_argument`) and warns when token ids hold the pad id but no mask reaches
+the model (:func:`warn_unmasked_padding`).
 This module belongs to the core: it imports only :mod:`captum_gndi.baselines` and
 :mod:`captum_gndi.interventions` (``captum_gndi.adapters.exclude_padding`` re-exports it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,7 +25,12 @@ from torch import Tensor
 from .baselines import LayerBaseline, resolve_layer_baseline
 from .interventions import Heads, LayerSpec
 
-__all__ = ["PaddingExcluded", "exclude_padding"]
+__all__ = [
+    "PaddingExcluded",
+    "attention_mask_argument",
+    "exclude_padding",
+    "warn_unmasked_padding",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,3 +108,68 @@ def exclude_padding(
         else spec
         for layer, spec in zip(layers, baselines)
     ]
+
+
+def attention_mask_argument(
+    forward_func: Any,
+    n_inputs: int,
+    forward_args: Sequence[Any] | None,
+    forward_kwargs: Mapping[str, Any] | None,
+) -> Tensor | None:
+    """The ``attention_mask`` that reaches the model, however it is passed.
+
+    By keyword (``forward_kwargs``), or the Captum way: Captum calls
+    ``forward_func(*inputs, *additional_forward_args)``, so an additional argument is the
+    attention mask when the parameter it lands on is named ``attention_mask`` in the signature
+    of ``forward_func`` (its ``forward`` for a module; Hugging Face models, or a lambda such as
+    ``lambda input_ids, attention_mask: ...``).
+
+    Args:
+        forward_func: The model or forward function.
+        n_inputs: The number of input tensors (they take the first positional parameters).
+        forward_args: Captum's additional forward arguments, as a tuple (or ``None``).
+        forward_kwargs: Keyword inputs for the model.
+
+    Returns:
+        The mask tensor, or ``None`` if none reaches the model.
+
+    Examples:
+        >>> attention_mask_argument(bert, 1, (mask,), None) is mask  # forward(input_ids, mask)
+        True
+    """
+    mask = (forward_kwargs or {}).get("attention_mask")
+    if isinstance(mask, Tensor) or not forward_args:
+        return mask if isinstance(mask, Tensor) else None
+    try:
+        signature = inspect.signature(getattr(forward_func, "forward", forward_func))
+    except (TypeError, ValueError):
+        return None
+    positional = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    names = positional[n_inputs : n_inputs + len(forward_args)]
+    for name, value in zip(names, forward_args):
+        if name == "attention_mask" and isinstance(value, Tensor):
+            return value
+    return None
+
+
+def warn_unmasked_padding(model: Any, inputs: Sequence[Tensor], stacklevel: int = 3) -> None:
+    """Warn when token ids hold the model's pad id (``config.pad_token_id``) but no attention
+    mask reaches the model: padded positions are then attended to and scored like real ones."""
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    if not isinstance(pad, int):
+        return
+    ids = [
+        t for t in inputs if isinstance(t, Tensor) and t.dim() == 2 and not t.is_floating_point()
+    ]
+    if any(bool((t == pad).any()) for t in ids):
+        warnings.warn(
+            f"The token ids contain the pad id {pad} but no attention_mask reaches the model, so "
+            "padded positions are attended to and scored like real tokens. Pass the tokenizer's "
+            "mask: forward_kwargs={'attention_mask': mask}, or in additional_forward_args at the "
+            "position of the model's attention_mask parameter.",
+            stacklevel=stacklevel,
+        )

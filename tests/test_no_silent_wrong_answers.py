@@ -383,3 +383,43 @@ def test_reliability_check_with_probes_and_the_fisher_norm():
         warnings.simplefilter("error")
         result = compute_gndi(model, [x], {"normed": model[1]}, progress=False, n_probes=4096)
     assert result.first_order_ratio["normed"] == pytest.approx(1.0, rel=0.1)  # probe estimate
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The attention mask the Captum way (additional_forward_args), and padding without a mask
+# ---------------------------------------------------------------------------------------------
+
+
+def test_attention_mask_in_additional_forward_args_is_recognised():
+    pytest.importorskip("transformers")
+    from captum_gndi import find_layers, zoo
+
+    lm, tokenizer = zoo.load_polarity_lm()
+    batch = tokenizer(
+        ["a gripping , funny and moving film", "dull"], return_tensors="pt", padding=True
+    )
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (mask == 0).any() and (ids == tokenizer.pad_token_id).any()
+    heads = list(find_layers(lm, "head").values())[1]
+
+    def first_logits(input_ids, attention_mask=None):
+        return lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0, :16]
+
+    gndi = LayerGNDI(first_logits, heads)
+    kwargs = dict(granularity="channel", channel_dim=(1, 2))
+    by_keyword = gndi.attribute(ids, forward_kwargs={"attention_mask": mask}, **kwargs)
+    captum_way = gndi.attribute(ids, additional_forward_args=(mask,), **kwargs)
+    torch.testing.assert_close(captum_way, by_keyword, rtol=0, atol=0)
+    assert (captum_way[mask == 0] == 0).all() and (captum_way[mask == 1] > 0).any()
+    # the Hugging Face model itself: its forward's attention_mask is its 4th parameter
+    direct = LayerGNDI(lm, heads)
+    probes = dict(target=0, n_probes=4, granularity="channel", channel_dim=2)
+    hf_keyword = direct.attribute(ids, forward_kwargs={"attention_mask": mask}, **probes)
+    hf_positional = direct.attribute(ids, additional_forward_args=(None, None, mask), **probes)
+    torch.testing.assert_close(hf_positional, hf_keyword, rtol=0, atol=0)
+    # no mask at all, and pad ids in the inputs: a warning
+    with pytest.warns(UserWarning, match=r"contain the pad id 1 but no attention_mask"):
+        direct.attribute(ids, **probes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        direct.attribute(ids[:1], **probes)  # the longest sentence has no padding
