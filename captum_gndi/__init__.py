@@ -17,6 +17,7 @@ from .adapters import (
 )
 from .attr import LayerGNDI
 from .interventions import Heads, InterventionError, LayerCall
+from .llm import llm_gndi
 from .scoring import GNDIResult, compute_gndi, mean_activations
 from .verify import verify_top_k
 
@@ -32,6 +33,7 @@ __all__ = [
     "expose_heads",
     "find_layers",
     "get_layer",
+    "llm_gndi",
     "mean_activations",
     "model_logits",
     "register_adapter",

@@ -423,3 +423,41 @@ def test_attention_mask_in_additional_forward_args_is_recognised():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         direct.attribute(ids[:1], **probes)  # the longest sentence has no padding
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. Per-token G-NDI of a generated sequence, as Captum's LLMAttributionResult
+# ---------------------------------------------------------------------------------------------
+
+
+def test_llm_gndi_on_the_shipped_polarity_lm():
+    pytest.importorskip("transformers")
+    from captum.attr import LayerGradientXActivation, LLMAttributionResult
+
+    from captum_gndi import llm_gndi, zoo
+
+    lm, tokenizer = zoo.load_polarity_lm()
+    result = llm_gndi(lm, tokenizer, "a gripping , funny", " and moving film")
+    assert isinstance(result, LLMAttributionResult)
+    assert result.input_tokens == ["<|endoftext|>", "Ġa", "Ġgripping", "Ġ,", "Ġfunny"]
+    assert result.output_tokens == ["Ġand", "Ġmoving", "Ġfilm"]
+    assert result.token_attr.shape == (3, 5)
+    torch.testing.assert_close(result.seq_attr, result.token_attr.sum(0))
+    # independent: signed first-order G-NDI with a zero baseline on the embeddings is Captum's
+    # LayerGradientXActivation summed over the embedding dimension, per prompt position
+    prompt = torch.tensor([[0, 259, 2852, 269, 637]])
+    target = [290, 1346, 337]
+    for i, token in enumerate(target):
+        sequence = torch.cat([prompt, torch.tensor([target[:i]], dtype=torch.long)], dim=1)
+
+        def log_prob(ids, token=token):
+            return torch.log_softmax(lm(input_ids=ids).logits[:, -1].float(), -1)[:, token]
+
+        gxa = LayerGradientXActivation(log_prob, lm.get_input_embeddings()).attribute(sequence)
+        torch.testing.assert_close(result.token_attr[i], gxa[0, :5].sum(-1), rtol=1e-4, atol=1e-6)
+        with torch.no_grad():
+            assert float(result.output_probs[i]) == pytest.approx(float(log_prob(sequence).exp()))
+    figure, _ = result.plot_token_attr()  # Captum's own plotting works on it
+    assert figure is not None
+    generated = llm_gndi(lm, tokenizer, "a gripping , funny", max_new_tokens=2)
+    assert generated.token_attr.shape == (2, 5) and len(generated.output_tokens) == 2
