@@ -30,8 +30,10 @@ if TYPE_CHECKING:  # transformers is an optional dependency (the ``nlp`` / ``llm
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "CACHE_FORMAT",
     "SMOLLM2_DISTRIBUTION",
     "SMOLLM2_INSTALL",
+    "SOURCE_FILE",
     "load_smollm2",
     "smollm2_cache_dir",
     "smollm2_gguf_file",
