@@ -49,6 +49,7 @@ __all__ = [
     "LABEL_KEYS",
     "Layers",
     "Runner",
+    "RankBatches",
     "RunningMoments",
     "all_reduce",
     "baseline_label",
@@ -287,19 +288,28 @@ def _has_distributed_sampler(data: Iterable[Any]) -> bool:
     return any(isinstance(s, torch.utils.data.DistributedSampler) for s in samplers)
 
 
+class RankBatches(list):
+    """Batches this rank already read through :func:`iterate_batches` (its shard), kept to be
+    read again: :func:`shard` passes them through whole instead of splitting them over the
+    ranks a second time (``verify_top_k`` caches its batches so)."""
+
+
 def shard(data: Iterable[Any], max_batches: int | None) -> tuple[Iterable[Any], int | None, int]:
     """This rank's batches, their number where known, and the rank.
 
     Without ``torch.distributed`` (or with one process) that is all of ``data``. Otherwise each
     rank takes every ``world_size``-th of the first ``max_batches`` batches, unless the loader
     already shards with a ``DistributedSampler``: then each rank scores its own loader's first
-    ``ceil(max_batches / world_size)`` batches.
+    ``ceil(max_batches / world_size)`` batches, or the data are :class:`RankBatches`, this
+    rank's own.
     """
     total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
     rank, stride, limit = 0, 1, max_batches
     if is_distributed():
         rank = dist.get_rank()
-        if not _has_distributed_sampler(data):
+        if isinstance(data, RankBatches):
+            pass  # already this rank's own
+        elif not _has_distributed_sampler(data):
             stride = dist.get_world_size()
         elif max_batches is not None:
             limit = math.ceil(max_batches / dist.get_world_size())

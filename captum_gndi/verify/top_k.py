@@ -66,6 +66,8 @@ from ..patching import check_direction, is_patching_data, metric_model, source_l
 from ..runs import (
     DataTarget,
     Layers,
+    RankBatches,
+    all_reduce,
     baseline_label,
     iterate_batches,
     make_runner,
@@ -120,7 +122,9 @@ def verify_top_k(
     Args:
         model: The model, in eval mode; its output must be ``(N, K)`` (logits or an embedding).
         data: A DataLoader or list of batches (a tensor, ``(inputs, labels)`` or
-            ``((inputs...), labels)``). It is read once and kept in memory (on ``device``).
+            ``((inputs...), labels)``). It is read once and kept in memory (on ``device``);
+            under ``torch.distributed`` each rank keeps its shard, and the damages are summed
+            over ranks, so every rank returns the same result.
             Or patching data (see the module docstring): a
             :class:`~captum_gndi.tasks.PatchingTask` or a list of ``PatchingBatch``; ``model``
             is then a metric model ``f(input_ids, answers) -> (N, 1)`` (or the model with
@@ -242,7 +246,9 @@ def verify_top_k(
                 clean = make_runner(model, inputs, None, None)()
             batches.append(CleanBatch(inputs, labels, clean.detach()))
         metric_ = _check_damage(damage, all(b.labels is not None for b in batches))
-        cached = [(b.inputs, b.labels) if b.labels is not None else (b.inputs,) for b in batches]
+        cached = RankBatches(  # under torch.distributed: this rank's shard, not split again
+            (b.inputs, b.labels) if b.labels is not None else (b.inputs,) for b in batches
+        )
         batch_baselines = [layer_baselines(model, cached, named, baseline, device, False)]
         batch_baselines *= len(batches)
 
@@ -295,7 +301,10 @@ def verify_top_k(
     }
     backend = make_backend(model, named, engine, max_cache_bytes)
     metrics = {metric_.name: metric_}
-    count = sum(b.clean.shape[0] for b in batches)
+    # under torch.distributed every rank ablates its own batches; damages are summed over
+    # ranks, so every rank sees the same numbers and the stopping rule takes the same decisions
+    local = torch.tensor(sum(b.clean.shape[0] for b in batches), dtype=torch.float64, device=device)
+    count = int(all_reduce([local], device)[0].item())  # type: ignore[union-attr]
     signed: dict[UnitKey, float] = {}
 
     def ablate_units(chunk: Sequence[UnitKey]) -> dict[UnitKey, float]:
@@ -311,6 +320,7 @@ def verify_top_k(
                     unit_masks[name], ids, metrics, units_per_pass,
                 )[metric_.name]  # fmt: skip
                 total += per_example.double().sum(1).cpu()
+            total = all_reduce([total.to(device)], device)[0].cpu()  # type: ignore[union-attr]
             means = (total / count).numpy()
             signed.update({(name, g): float(d) for g, d in zip(ids, means)})
             found.update(
