@@ -32,6 +32,7 @@ from .engine import (
 from .input_path import Path, check_path, expand_input_baselines, input_path
 from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
 from .interventions.model_state import preserve_model
+from .job import per_tensor
 from .padding import attention_mask_argument, exclude_padding, warn_unmasked_padding
 from .readouts import make_readout
 from .runs import KeywordInputs, check_inputs, make_runner, unwrap_model, warn_if_training
@@ -463,6 +464,9 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 input_layer,
                 model=self.forward_func,
             )
+        groups = [[p] for p in range(len(self._layers))]
+        if granularity != "layer":  # a multi-tensor layer: one score tensor per tensor
+            job, groups = per_tensor(job)
         effects, _ = compute_effects(
             job, mode, granularity, alphas, weights, readout=readout, path=path
         )
@@ -472,11 +476,12 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 reference = job.run()
             readout.output_shape = getattr(job.run, "output_shape", None)
         if signed:
-            scores = [signed_effect(effect, label) for effect, label in zip(effects, self._labels)]
+            scores = [signed_effect(effect, label) for effect, label in zip(effects, job.labels)]
         else:
             scores = [readout.scores(effect, reference) for effect in effects]
+        scores = _per_layer(scores, groups)
         self.probe_stderr = (
-            self._format([readout.probe_stderr(effect) for effect in effects])
+            self._format(_per_layer([readout.probe_stderr(e) for e in effects], groups))
             if n_probes is not None
             else None
         )
@@ -667,8 +672,15 @@ def _examples(value: Any, n: int, rows: slice, is_target: bool = False) -> Any:
     return value
 
 
+def _per_layer(values: list[Tensor], groups: list[list[int]]) -> list[Any]:
+    """Per layer: its value, or a tuple with one per tensor of a split multi-tensor layer."""
+    return [values[g[0]] if len(g) == 1 else tuple(values[i] for i in g) for g in groups]
+
+
 def _concat(chunks: list[Any]) -> Any:
-    """Per-chunk results (a tensor, or a list with one tensor per layer) joined along examples."""
+    """Per-chunk results (a tensor, a tuple per tensor of a layer, or a list per layer) joined
+    along examples."""
     if isinstance(chunks[0], Tensor):
         return torch.cat(chunks)
-    return [torch.cat(parts) for parts in zip(*chunks)]
+    joined = [_concat(list(parts)) for parts in zip(*chunks)]
+    return tuple(joined) if isinstance(chunks[0], tuple) else joined

@@ -15,6 +15,7 @@ both compute one output column per cell and :func:`assemble` weights them into e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "check_effect_memory",
     "first_order",
     "job_hooks",
+    "per_tensor",
     "make_cells",
     "parts",
     "rebuild",
@@ -82,6 +84,9 @@ class ScoringJob:
         input_path: For ``path="input"`` (EAP-IG): ``input_path(a)`` is a run of the model at
             the point ``a`` of the input-space path from the input baselines to the inputs
             (:mod:`captum_gndi.input_path`); ``None`` otherwise.
+        tensor_of: Per layer, ``None`` (every tensor of a multi-tensor layer, jointly) or the
+            index of the one tensor intervened on (the others keep their values); see
+            :meth:`per_tensor`.
     """
 
     run: Callable[[], Tensor]
@@ -93,6 +98,7 @@ class ScoringJob:
     layer_masks: Sequence[Tensor | None] | None = None
     grad_kwargs: dict[str, Any] | None = None
     input_path: Callable[[float], Callable[[], Tensor]] | None = None
+    tensor_of: Sequence[int | None] | None = None
 
     def check_activation(self, position: int, h: Activation) -> None:
         """Raise a clear error for a non-float or non-finite activation."""
@@ -155,6 +161,9 @@ class ScoringJob:
                 f"{len(specs)} layer baselines; give one baseline per tensor (or one for all)."
             )
         bs = [resolve_layer_baseline(s, t, label) for s, t in zip(specs, tensors)]
+        only = None if self.tensor_of is None else self.tensor_of[position]
+        if only is not None:  # one tensor of a multi-tensor layer: the others keep their value
+            bs = [b if k == only else t.detach() for k, (t, b) in enumerate(zip(tensors, bs))]
         return rebuild(h, bs), rebuild(h, [t.detach() - b for t, b in zip(tensors, bs)])
 
     def n_channels(self, h: Tensor) -> int:
@@ -164,12 +173,14 @@ class ScoringJob:
     def units(self, position: int, h: Activation, granularity: str) -> UnitIndex:
         """How layer ``position`` splits into units at ``granularity``."""
         tensors = parts(h)
-        if granularity != "layer" and len(tensors) > 1:
+        one = self.tensor_of is not None and self.tensor_of[position] is not None
+        if granularity != "layer" and len(tensors) > 1 and not one:
             raise ValueError(
                 f"Layer '{self.labels[position]}' has {len(tensors)} tensors that are "
                 f"intervened on jointly; granularity={granularity!r} needs a layer with one "
-                "tensor. Use granularity='layer', or pick the submodule that produces the "
-                "tensor you want to split."
+                "tensor (LayerGNDI.attribute returns one score tensor per tensor there). Use "
+                "granularity='layer', or pick the submodule that produces the tensor you want "
+                "to split."
             )
         mask = None if self.layer_masks is None else self.layer_masks[position]
         return unit_index(
@@ -180,6 +191,45 @@ class ScoringJob:
             mask,
             tensors[0].device,
         )
+
+
+def per_tensor(job: ScoringJob) -> tuple[ScoringJob, list[list[int]]]:
+    """The job with every multi-tensor layer split into one point per tensor.
+
+    Each new point intervenes on one tensor of the layer (the other tensors keep their values),
+    so unit scores of a multi-tensor layer come as one score tensor per tensor, each unit
+    intervened on alone (Captum's layer methods return one attribution per tensor). Runs the
+    batch once (no gradients) to see which layers have several tensors.
+
+    Returns:
+        The new job and, per layer of ``job``, its positions in the new job.
+    """
+    _, activations = capture_activations(job)
+    positions: list[list[int]] = []
+    index: list[int] = []
+    tensor_of: list[int | None] = []
+    for p, h in enumerate(activations):
+        count = len(parts(h)) if isinstance(h, tuple) else 1
+        positions.append(list(range(len(index), len(index) + count)))
+        index += [p] * count
+        tensor_of += list(range(count)) if count > 1 else [None]
+    if len(index) == len(job.layers):
+        return job, positions
+    pick = [job.layer_masks[p] for p in index] if job.layer_masks is not None else None
+    return (
+        dataclasses.replace(
+            job,
+            layers=[job.layers[p] for p in index],
+            labels=[
+                job.labels[p] if k is None else f"{job.labels[p]}[{k}]"
+                for p, k in zip(index, tensor_of)
+            ],
+            baselines=[job.baselines[p] for p in index],
+            layer_masks=pick,
+            tensor_of=tensor_of,
+        ),
+        positions,
+    )
 
 
 def job_hooks(job: ScoringJob, positions: Sequence[int], edit):

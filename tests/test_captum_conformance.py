@@ -131,13 +131,14 @@ def _cases() -> dict[str, tuple[Callable[[], nn.Module], str, Callable[[], dict[
 
 CASES = _cases()
 GRANULARITIES = ["layer", "channel", "unit"]
-# a multi-tensor layer has layer granularity only (the joint intervention; see below)
-TARGET_RUNS = [
-    (case, granularity)
-    for case in CASES
-    for granularity in GRANULARITIES
-    if granularity == "layer" or case != "basic_layer_multi_output"
-]
+# a multi-tensor layer: one joint score at layer granularity, one score tensor per tensor of
+# the layer at channel and unit granularity (Captum's layer methods return one per tensor)
+TARGET_RUNS = [(case, granularity) for case in CASES for granularity in GRANULARITIES]
+
+
+def per_tensor(scores: Any) -> tuple[Tensor, ...]:
+    """The score tensors of one layer (a tuple for a multi-tensor layer at unit granularity)."""
+    return scores if isinstance(scores, tuple) else (scores,)
 
 
 def one_example(args: dict[str, Any], i: int, n: int, target_as_list: bool) -> dict[str, Any]:
@@ -186,17 +187,21 @@ class TestTargets:
             args.update(NT_ARGS)
         method = method_for(model, get_layer(model, layer_name), noise_tunnel)
         n = n_examples(args)
-        batched = method.attribute(**args)
-        assert batched.shape[0] == n
-        assert batched.abs().sum() > 0 and torch.isfinite(batched).all()
+        batched = per_tensor(method.attribute(**args))
+        for part in batched:
+            assert part.shape[0] == n
+            assert part.abs().sum() > 0 and torch.isfinite(part).all()
         for i in range(n):
             for as_list in (False, True):
-                single = method.attribute(**one_example(args, i, n, as_list))
-                torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-9, atol=1e-10)
+                single = per_tensor(method.attribute(**one_example(args, i, n, as_list)))
+                assert len(single) == len(batched)
+                for part, one in zip(batched, single):
+                    torch.testing.assert_close(part[i : i + 1], one, rtol=1e-9, atol=1e-10)
         if noise_tunnel:  # zero noise: NoiseTunnel's mean is LayerGNDI itself
             plain_args = {k: v for k, v in args.items() if k not in NT_ARGS}
             plain = LayerGNDI(model, get_layer(model, layer_name)).attribute(**plain_args)
-            torch.testing.assert_close(batched, plain, rtol=1e-9, atol=1e-10)
+            for part, p in zip(batched, per_tensor(plain)):
+                torch.testing.assert_close(part, p, rtol=1e-9, atol=1e-10)
 
     @pytest.mark.parametrize("case", ["basic_layer_in_place", "basic_layer_multi_input"])
     def test_targets_matter(self, case):
@@ -210,13 +215,25 @@ class TestTargets:
             gndi.attribute(**args), gndi.attribute(**{**args, "target": flipped})
         )
 
-    def test_multi_tensor_layer_refuses_channel_and_unit(self):
+    def test_multi_tensor_layer_gives_one_score_tensor_per_tensor(self):
+        # Captum's multi-output layer idiom: one attribution per tensor of the layer; the
+        # generated target check (batched = per example) holds for each, with NoiseTunnel too
         model = BasicModel_MultiLayer(multi_input_module=True).double().eval()
+        x = torch.tensor([[3.0, 4.0, 0.0], [1.0, -2.0, 0.5], [0.5, 1.0, 2.0]], dtype=D)
+        target = [0, 1, 0]
         for granularity in ("channel", "unit"):
-            with pytest.raises(ValueError, match="intervened on jointly"):
-                LayerGNDI(model, model.multi_relu).attribute(
-                    x_example(), target=0, granularity=granularity
-                )
+            gndi = LayerGNDI(model, model.multi_relu)
+            batched = gndi.attribute(x, target=target, granularity=granularity)
+            assert isinstance(batched, tuple) and len(batched) == 2
+            for i in range(x.shape[0]):
+                single = gndi.attribute(x[i : i + 1], target=target[i], granularity=granularity)
+                for b, s in zip(batched, single):
+                    torch.testing.assert_close(b[i : i + 1], s, rtol=1e-9, atol=1e-10)
+            smooth = NoiseTunnel(gndi).attribute(
+                x, target=target, granularity=granularity, nt_samples=2, stdevs=0.0
+            )
+            for b, s in zip(batched, smooth):
+                torch.testing.assert_close(b, s, rtol=1e-9, atol=1e-10)
 
 
 # --- hooks -------------------------------------------------------------------------------------
@@ -249,7 +266,11 @@ class ErrorModule(nn.Module):
         raise AssertionError("Raising error on execution")
 
 
-HOOK_CASES = ["basic_layer_multiple_tuple_target", "conv_layer_single_target"]
+HOOK_CASES = [
+    "basic_layer_multiple_tuple_target",
+    "conv_layer_single_target",
+    "basic_layer_multi_output",
+]
 
 
 class TestHookRemoval:
@@ -277,7 +298,7 @@ class TestHookRemoval:
         args = {**make_args(), **options, **(NT_ARGS if noise_tunnel else {})}
         result = method_for(model, get_layer(model, layer_name), noise_tunnel).attribute(**args)
         scores = result[0] if options.get("return_convergence_delta") else result
-        assert scores.abs().sum() > 0
+        assert sum(part.abs().sum() for part in per_tensor(scores)) > 0
         assert leftover_hooks(model) == []
 
     @pytest.mark.parametrize("noise_tunnel", [False, True], ids=["plain", "NoiseTunnel"])

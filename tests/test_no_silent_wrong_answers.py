@@ -461,3 +461,52 @@ def test_llm_gndi_on_the_shipped_polarity_lm():
     assert figure is not None
     generated = llm_gndi(lm, tokenizer, "a gripping , funny", max_new_tokens=2)
     assert generated.token_attr.shape == (2, 5) and len(generated.output_tokens) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Multi-tensor layers at channel and unit granularity: one score tensor per tensor
+# ---------------------------------------------------------------------------------------------
+
+
+def test_multi_tensor_layers_return_one_score_tensor_per_tensor():
+    from captum.attr import LayerGradientXActivation
+
+    model = BasicModel_MultiLayer(multi_input_module=True).double().eval()
+    x = torch.tensor([[3.0, 4.0, 0.0], [1.0, -2.0, 0.5], [0.5, 1.0, 2.0]], dtype=torch.float64)
+    for on_input in (False, True):  # MultiRelu returns two tensors and takes two
+        gndi = LayerGNDI(model, model.multi_relu)
+        kwargs = dict(target=0, attribute_to_layer_input=on_input)
+        units = gndi.attribute(x, granularity="unit", signed=True, **kwargs)
+        captum = LayerGradientXActivation(model, model.multi_relu).attribute(x, **kwargs)
+        assert isinstance(units, tuple) and len(units) == 2
+        for ours, theirs in zip(units, captum):  # zero baseline: J_u h_u, per tensor
+            torch.testing.assert_close(ours, theirs)
+        channels = gndi.attribute(x, granularity="channel", **kwargs)
+        assert [c.shape for c in channels] == [(3, 4), (3, 4)]
+        for c, u in zip(channels, units):
+            torch.testing.assert_close(c, u.abs())  # a channel of an (N, C) tensor is a unit
+        # each unit intervened on alone: brute force on tensor 1, unit 2
+        if not on_input:
+            reference = model(x)[:, 0]
+
+            def zero_unit(module, args, output):
+                second = output[1].clone()
+                second[:, 2] = 0
+                return output[0], second
+
+            handle = model.multi_relu.register_forward_hook(zero_unit)
+            try:
+                effect = reference - model(x)[:, 0]
+            finally:
+                handle.remove()
+            path = gndi.attribute(x, granularity="channel", n_steps=1, **kwargs)
+            assert torch.allclose(path[1][:, 2], effect.abs().detach())  # ReLU-linear after
+    # layer granularity stays one joint score; lists of layers hold the tuples
+    assert gndi.attribute(x, target=0).shape == (3,)
+    listed = LayerGNDI(model, [model.linear0, model.multi_relu]).attribute(x, granularity="unit")
+    assert isinstance(listed[0], torch.Tensor) and isinstance(listed[1], tuple)
+    chunked = LayerGNDI(model, model.multi_relu).attribute(
+        x, granularity="unit", internal_batch_size=2
+    )
+    for a, b in zip(chunked, LayerGNDI(model, model.multi_relu).attribute(x, granularity="unit")):
+        torch.testing.assert_close(a, b)
