@@ -235,3 +235,32 @@ def test_a_layer_on_another_device_than_the_inputs_is_a_clear_error():
     with pytest.raises(RuntimeError, match="Move the inputs to the device"):
         compute_gndi(model, [x], [model[0]], progress=False)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_patching_tasks_equal_the_plain_model(llamas):
+    """compute_gndi and verify_top_k on a PatchingTask (each head's baseline its activation on
+    the corrupted prompt) through accelerate's hooks."""
+    from captum_gndi import tasks
+
+    plain, dispatched = llamas
+    generator = torch.Generator().manual_seed(5)
+    clean = torch.randint(0, VOCAB, (4, TOKENS), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(0, VOCAB, (4,), generator=generator)
+    task = tasks.PatchingTask(
+        clean, corrupted, torch.randint(0, VOCAB, (4, 2), generator=generator)
+    )
+    before = hook_state(dispatched)
+    estimates, verified = [], []
+    for model in (plain, dispatched):
+        f, heads = tasks.logit_diff(model), find_layers(model, "head")
+        options = dict(channel_dim=2, progress=False)
+        estimates.append(compute_gndi(f, task, heads, granularity="channel", **options).stack())
+        verified.append(verify_top_k(f, task, heads, k=3, screen="first_order", **options))
+    assert hook_state(dispatched) == before
+    torch.testing.assert_close(estimates[1], estimates[0], rtol=1e-5, atol=1e-7)
+    assert verified[1].units == verified[0].units
+    assert verified[1].n_ablations == verified[0].n_ablations
+    torch.testing.assert_close(
+        torch.tensor(verified[1].damages), torch.tensor(verified[0].damages), rtol=1e-5, atol=0
+    )
