@@ -33,6 +33,7 @@ from .input_path import Path, check_path, expand_input_baselines, input_path
 from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
 from .interventions.model_state import preserve_model
 from .job import per_tensor
+from .layer_names import point_layout
 from .padding import attention_mask_argument, exclude_padding, warn_unmasked_padding
 from .readouts import make_readout
 from .runs import KeywordInputs, check_inputs, make_runner, unwrap_model, warn_if_training
@@ -112,6 +113,11 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
                 )
         check_layers_in_model(forward_func, self._layers)
         model = forward_func if isinstance(forward_func, nn.Module) else None
+        if model is not None:  # a module in its model's layout (a bridge's flattened heads)
+            self._layers = [
+                point_layout(unwrap_model(model), item) if isinstance(item, nn.Module) else item
+                for item in self._layers
+            ]
         self._labels = [layer_label(item, model) for item in self._layers]
         self.probe_stderr: Tensor | list[Tensor] | None = None
 

@@ -18,13 +18,51 @@ from torch import nn
 
 from .interventions import LayerCall, LayerSpec
 
-__all__ = ["LayerNotFoundError", "PointFinder", "get_layer", "register_point_names"]
+__all__ = [
+    "LayerNotFoundError",
+    "PointFinder",
+    "get_layer",
+    "point_layout",
+    "register_point_layout",
+    "register_point_names",
+]
 
 PointFinder = Callable[[nn.Module, str, "int | None"], "LayerSpec | None"]
 """``finder(model, path, call)`` -> the point a non-module path names (``call``: the ``k`` of a
 ``"[call k]"`` suffix, or ``None``), or ``None`` when the name is not one of its points."""
 
 _FINDERS: list[PointFinder] = []
+
+_LAYOUTS: list[Callable[[nn.Module, nn.Module], LayerSpec | None]] = []
+
+
+def register_point_layout(
+    finder: Callable[[nn.Module, nn.Module], LayerSpec | None],
+) -> Callable[[nn.Module, nn.Module], LayerSpec | None]:
+    """Let :func:`point_layout` say what a module passed as a layer is in its model's layout.
+
+    Args:
+        finder: ``finder(model, module)`` returning the point (e.g. :class:`Heads`), or ``None``.
+
+    Returns:
+        ``finder`` (so this works as a decorator).
+    """
+    if finder not in _LAYOUTS:
+        _LAYOUTS.append(finder)
+    return finder
+
+
+def point_layout(model: nn.Module, module: nn.Module) -> LayerSpec:
+    """The intervention point a module of ``model`` is: the module itself, unless a registered
+    layout says otherwise (a ``TransformerBridge``'s ``hook_z`` / ``hook_q`` / ``hook_k`` /
+    ``hook_v``, which hand their heads over flattened, are :class:`Heads` points).
+    """
+    for finder in _LAYOUTS:
+        found = finder(model, module)
+        if found is not None:
+            return found
+    return module
+
 
 _CALL_SUFFIX = re.compile(r"^(?P<name>.*)\[call (?P<k>\d+)\]$")
 

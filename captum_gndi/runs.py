@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .interventions import Heads, LayerCall, LayerSpec, check_layers_in_model, layer_label
-from .layer_names import get_layer
+from .layer_names import get_layer, point_layout
 from .model_calls import (
     KeywordInputs,
     Runner,
@@ -154,7 +154,10 @@ def resolve_layers(model: nn.Module, layers: Layers) -> dict[str, LayerSpec]:
     if not resolved:
         raise ValueError("No layers given; pass a dict name -> module or a list of dotted names.")
     check_layers_in_model(model, list(resolved.values()))
-    return resolved
+    return {  # a module in its model's layout (a TransformerBridge's flattened head hooks)
+        name: point_layout(model, point) if isinstance(point, nn.Module) else point
+        for name, point in resolved.items()
+    }
 
 
 def baseline_label(baseline: Any) -> Any:

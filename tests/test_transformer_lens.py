@@ -256,7 +256,7 @@ def test_get_layer_resolves_every_hook_name(model: nn.Module) -> None:
     bridge = "TransformerBridge" in type(model).__name__
     for name, hook in model.hook_dict.items():
         layer = get_layer(model, name)
-        if bridge and name.endswith("attn.hook_z"):
+        if bridge and name.endswith(("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v")):
             assert isinstance(layer, Heads) and layer.module is hook and layer.n_heads == N_HEADS
             assert layer.name == name
         else:
@@ -421,3 +421,24 @@ def test_installation_without_a_known_api_is_a_clear_error(
     monkeypatch.delitem(sys.modules, "transformer_lens.model_bridge", raising=False)
     with pytest.raises(UnsupportedTransformerLens, match="neither HookedTransformer nor"):
         transformer_lens_api()
+
+
+@pytest.mark.parametrize("hook", ["hook_z", "hook_v"])
+def test_a_head_hook_point_passed_as_a_module_scores_heads(model: nn.Module, hook: str) -> None:
+    # model.hook_dict[...] with channel_dim=2: heads on both APIs (a bridge hands these hook
+    # points over flattened, (N, T, H * d_head); they are recognised as Heads points)
+    clean, _ = _tokens()
+    name = f"blocks.0.attn.{hook}"
+    point = model.hook_dict[name]
+    kwargs = dict(granularity="channel", channel_dim=2)
+    scores = LayerGNDI(model, point).attribute(clean, **kwargs)
+    assert scores.shape == (3, N_HEADS)
+    by_name = LayerGNDI(model, get_layer(model, name)).attribute(clean, **kwargs)
+    torch.testing.assert_close(scores, by_name)
+    if "TransformerBridge" in type(model).__name__:
+        explicit = LayerGNDI(model, Heads(point, N_HEADS)).attribute(clean, **kwargs)
+        torch.testing.assert_close(scores, explicit)
+    result = compute_gndi(
+        model, [clean], {name: point}, progress=False, check_first_order=0, **kwargs
+    )
+    torch.testing.assert_close(result.mean[name].float(), scores.mean(0), rtol=1e-5, atol=1e-7)

@@ -53,12 +53,13 @@ from importlib import metadata
 from torch import nn
 
 from ..interventions import Heads, LayerSpec
-from ..layer_names import LayerNotFoundError, register_point_names
+from ..layer_names import LayerNotFoundError, register_point_layout, register_point_names
 from .generic import KILLS_DOWNSTREAM, Point, UnsupportedKind, kind_argument
 
 __all__ = [
     "KNOWN_APIS",
     "UnsupportedTransformerLens",
+    "hook_point_layout",
     "hook_point_named",
     "is_transformer_lens_model",
     "transformer_lens_api",
@@ -329,6 +330,51 @@ def transformer_lens_points(model: nn.Module, kind: str = "auto") -> list[Point]
     ]
 
 
+_FLAT_HEADS = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v")
+"""Hook points a ``TransformerBridge`` hands over flattened ``(N, T, H * d_head)`` (a
+``HookedTransformer`` gives them as ``(N, T, H, d_head)``)."""
+
+
+def _bridge_heads(root: nn.Module, name: str, hook: nn.Module, label: str) -> Heads | None:
+    """``Heads(hook, n_heads)`` for a bridge's flattened head hook, else ``None``."""
+    if not name.endswith(_FLAT_HEADS) or _api_of(root) != "TransformerBridge":
+        return None
+    n_heads = _structure(root)[2]
+    if name.endswith(("hook_k", "hook_v")):  # grouped-query attention: fewer key/value heads
+        n_heads = getattr(getattr(root, "cfg", None), "n_key_value_heads", None) or n_heads
+    return Heads(hook, n_heads, name=label)
+
+
+@register_point_layout
+def hook_point_layout(model: nn.Module, module: nn.Module) -> LayerSpec | None:
+    """A hook point passed as a module (``bridge.hook_dict["blocks.0.attn.hook_z"]``) in its
+    model's layout: the flattened head hooks of a ``TransformerBridge`` become
+    ``Heads(hook_point, n_heads)``, so ``channel_dim=2`` scores heads, as on a
+    ``HookedTransformer`` (registered with :func:`captum_gndi.layer_names.point_layout`).
+
+    Args:
+        model: The model the module belongs to.
+        module: The module given as a layer.
+
+    Returns:
+        The :class:`Heads` point, or ``None`` (the module is its own point).
+
+    Examples:
+        >>> hook_point_layout(bridge, bridge.hook_dict["blocks.0.attn.hook_z"])  # doctest: +SKIP
+        Heads(module=HookPoint(), n_heads=12, call_index=None, name='blocks.0.attn.hook_z')
+    """
+    if not isinstance(model, nn.Module) or not is_transformer_lens_model(model):
+        return None
+    for prefix, root in _roots(model):
+        hooks = getattr(root, "hook_dict", None)
+        if not isinstance(hooks, Mapping):
+            continue
+        for name, hook in hooks.items():
+            if hook is module and name.endswith(_FLAT_HEADS):
+                return _bridge_heads(root, name, hook, f"{prefix}.{name}" if prefix else name)
+    return None
+
+
 @register_point_names
 def hook_point_named(model: nn.Module, path: str, call: int | None) -> LayerSpec | None:
     """The hook point of a TransformerLens model named by its TransformerLens hook name.
@@ -376,9 +422,7 @@ def hook_point_named(model: nn.Module, path: str, call: int | None) -> LayerSpec
                 f"drop the '[call {call}]' suffix."
             )
         hook = hooks[path[len(start) :]]
-        if path.endswith("attn.hook_z") and _api_of(root) == "TransformerBridge":
-            return Heads(hook, _structure(root)[2], name=path)  # the bridge hands it flattened
-        return hook
+        return _bridge_heads(root, path[len(start) :], hook, path) or hook
     close = difflib.get_close_matches(path, names, n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise LayerNotFoundError(
