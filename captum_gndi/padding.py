@@ -1,9 +1,11 @@
 """Padding exclusion: padded token positions are no units, so they are never intervened on.
 
-:func:`exclude_padding` wraps the layer baselines of :class:`~captum_gndi.Heads` points in
-:class:`PaddingExcluded`, which returns the activation itself at padded positions, so ``h - b``
-is zero there. ``LayerGNDI.attribute`` and ``compute_gndi`` apply it when the model's keyword
-inputs hold an ``attention_mask`` (read by :func:`captum_gndi.model_calls.attention_mask_of`);
+:func:`exclude_padding` wraps the layer baselines of every point whose activation is
+token-major, ``(N, T, ...)`` like the mask (:class:`~captum_gndi.Heads` points, a
+``HookedTransformer``'s raw ``hook_z``, blocks, MLP outputs), in :class:`PaddingExcluded`,
+which returns the activation itself at padded positions, so ``h - b`` is zero there.
+``LayerGNDI.attribute`` and ``compute_gndi`` apply it when the model's keyword inputs hold an
+``attention_mask`` (read by :func:`captum_gndi.model_calls.attention_mask_of`);
 ``LayerGNDI.attribute`` also finds it in ``additional_forward_args`` by the model's signature
 (:func:`attention_mask_argument`) and warns when token ids hold the pad id but no mask reaches
 the model (:func:`warn_unmasked_padding`).
@@ -54,6 +56,7 @@ class PaddingExcluded:
     spec: LayerBaseline
     attention_mask: Tensor
     label: str = "heads"
+    strict: bool = True
 
     def __call__(self, h: Tensor) -> Tensor:
         """The baseline for activation ``h`` (padded positions: ``h`` itself)."""
@@ -63,6 +66,8 @@ class PaddingExcluded:
         if mask.dim() != 2:
             return b  # a 4-D (N, 1, T, S) mask of the model's own: no padding to read off
         if tuple(mask.shape) != tuple(h.shape[:2]):
+            if not self.strict or h.dim() < 2:
+                return b  # not token-major (N, T, ...): no padding to keep out
             raise ValueError(
                 f"The attention_mask has shape {tuple(mask.shape)}, but the heads of "
                 f"'{self.label}' have {tuple(h.shape[:2])} (batch, positions); give the (N, T) "
@@ -77,7 +82,7 @@ def exclude_padding(
     baselines: Sequence[LayerBaseline],
     attention_mask: Tensor | None,
 ) -> list[LayerBaseline]:
-    """Wrap the baselines of :class:`~captum_gndi.Heads` points so padding is not intervened on.
+    """Wrap the layer baselines so that padded token positions are not intervened on.
 
     Token positions where ``attention_mask`` is 0 are no units: the model's own attention masks
     them out as keys, so what happens there reaches a real token only through the readout (the
@@ -85,9 +90,13 @@ def exclude_padding(
     (:class:`PaddingExcluded`) ``h - b`` is zero at padded positions, so position x head scores
     there are exactly 0 (not NaN: the effect of an intervention that changes nothing), and a
     head's ``(N, H)`` score is the effect of setting it to its baseline at real tokens only.
-    ``LayerGNDI.attribute`` applies this when ``forward_kwargs`` holds an ``attention_mask``;
-    other points (modules, :class:`~captum_gndi.LayerCall`) and multi-tensor baselines are
-    returned unchanged.
+    ``LayerGNDI.attribute`` applies this when an ``attention_mask`` reaches the model. The rule
+    is the same for every point: :class:`~captum_gndi.Heads` points (whose ``(N, T, H, d)``
+    view must match the mask, else an error), and modules and
+    :class:`~captum_gndi.LayerCall` points whose activation is ``(N, T, ...)`` like the mask
+    (other shapes keep their baseline), so a ``HookedTransformer``'s raw ``hook_z`` and a
+    bridge's ``Heads`` point score padding alike. Multi-tensor baselines are returned
+    unchanged.
 
     Args:
         layers: The intervention points.
@@ -95,7 +104,7 @@ def exclude_padding(
         attention_mask: ``(N, T)``, nonzero for real tokens; ``None`` changes nothing.
 
     Returns:
-        The baselines, those of ``Heads`` points wrapped.
+        The baselines, wrapped (multi-tensor ones unchanged).
 
     Examples:
         >>> specs = exclude_padding(points, [None] * len(points), batch["attention_mask"])
@@ -103,9 +112,11 @@ def exclude_padding(
     if attention_mask is None or not isinstance(attention_mask, Tensor):
         return list(baselines)
     return [
-        PaddingExcluded(spec, attention_mask, layer.name or "heads")
-        if isinstance(layer, Heads) and not isinstance(spec, (tuple, PaddingExcluded))
-        else spec
+        spec
+        if isinstance(spec, (tuple, PaddingExcluded))
+        else PaddingExcluded(spec, attention_mask, layer.name or "heads")
+        if isinstance(layer, Heads)
+        else PaddingExcluded(spec, attention_mask, "layer", strict=False)
         for layer, spec in zip(layers, baselines)
     ]
 

@@ -442,3 +442,21 @@ def test_a_head_hook_point_passed_as_a_module_scores_heads(model: nn.Module, hoo
         model, [clean], {name: point}, progress=False, check_first_order=0, **kwargs
     )
     torch.testing.assert_close(result.mean[name].float(), scores.mean(0), rtol=1e-5, atol=1e-7)
+
+
+def test_padded_positions_score_zero_on_both_apis(model: nn.Module) -> None:
+    # the same padding rule on HookedTransformer (a raw (N, T, H, d_head) hook_z point) and on
+    # a bridge (a Heads point): padded positions are not intervened on, so they score exactly 0
+    clean, _ = _tokens()
+    mask = torch.ones_like(clean)
+    mask[1, 4:] = 0  # example 1 is right-padded
+    heads = list(find_layers(model, "head").values())
+    blocks = list(find_layers(model, "block").values())
+    gndi = LayerGNDI(model, heads + blocks)
+    scores = gndi.attribute(
+        clean, forward_kwargs={"attention_mask": mask}, granularity="channel", channel_dim=1
+    )
+    for score in scores:
+        assert score.shape[:2] == (3, 6)
+        assert (score[1, 4:] == 0).all()
+        assert (score[1, :4] > 0).any() and (score[0, 4:] > 0).any()
