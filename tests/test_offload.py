@@ -264,3 +264,20 @@ def test_patching_tasks_equal_the_plain_model(llamas):
     torch.testing.assert_close(
         torch.tensor(verified[1].damages), torch.tensor(verified[0].damages), rtol=1e-5, atol=0
     )
+
+
+def test_forward_mode_runs_one_pass_per_tangent_through_accelerate_hooks(llamas, caplog):
+    """What docs/design.md says: torch.func.vmap cannot transform accelerate's weight loading,
+    so forward mode falls back to one forward-AD pass per tangent there (not on the plain
+    model), with the same scores."""
+    import logging
+
+    ids = torch.randint(0, VOCAB, (1, TOKENS), generator=torch.Generator().manual_seed(6))
+    fell_back = []
+    for model in llamas:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="captum_gndi.engine"):
+            heads = list(find_layers(model, "head").values())
+            LayerGNDI(next_token(model), heads).attribute(ids, mode="forward")
+        fell_back.append("could not vectorise" in caplog.text)
+    assert fell_back == [False, True]
