@@ -1,0 +1,594 @@
+"""Screen and verify on SmolLM2-135M (issue #23, item 5): which screen finds the exact top k.
+
+Heads (``--units heads``): every one of the 270 heads (30 layers x 9 query heads, the input of
+``o_proj``) is patched from the corrupted into the clean run, one at a time, with plain PyTorch
+hooks (``exact_patching`` of ``experiments/smollm2_patching.py``, independent of the package's
+intervention code): the brute-force truth. Each candidate screen scores every head:
+
+- ``first_order``: signed first-order G-NDI (minus attribution patching), ``LayerGNDI``;
+- ``input_4``, ``input_8``: ``path="input"`` (EAP-IG) at ``n_steps`` 4 and 8;
+- ``graddrop_max`` / ``graddrop_atp``: AtP*'s GradDrop (Kramar et al. 2024) against
+  cancellation: one clean forward pass, then one backward pass per layer ``l`` with the gradient
+  through layer ``l``'s residual contributions (its attention and MLP outputs) zeroed; ``max``
+  takes the largest ``|mean estimate|`` over the undropped and the 30 dropped versions,
+  ``atp`` is AtP*'s own ``sum_l |estimate_l| / (L - 1)`` per prompt pair, then averaged;
+- ``combined``: ``max(|first order|, |input_4|)`` per head (on the metric's scale), and
+  ``interleave``: the order of the smaller of the two ranks (score ``1 / min rank``).
+
+For each screen and k in (10, 20): the largest screen rank of a true top-k head (the share an
+oracle stopping point would need) and a replay of ``verify_top_k``'s stopping rule
+(:func:`captum_gndi.verify.screen_and_verify`, default options) on the recorded brute-force
+effects: its recall of the true top k and its share of brute force (``n_ablations / 270``).
+Costs are CPU seconds and passes, as ratios to exact patching of every head in the same run.
+
+Neurons (``--units neurons``): the 30 x 1,536 MLP neurons (the input of ``mlp.down_proj``) at
+the final position; the screens score every neuron, the stopping rule runs on exact patching of
+the neurons it asks for, and the truth is the brute force of the union of every screen's top
+``--top-n`` and a uniform random sample of ``--sample`` neurons (not every neuron: stated in the
+JSON).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python experiments/smollm2_verify.py --task ioi --n-pairs 24 \
+        --units heads --out benchmarks/results/smollm2_verify_ioi.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from captum_gndi import tasks, zoo
+from captum_gndi.verify import screen_and_verify
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from smollm2_patching import _capture, estimate, exact_patching  # noqa: E402
+
+KS = (10, 20)
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def graddrop(f, task, points, n_heads: int | None, position: int | None = None) -> np.ndarray:
+    """First-order estimates ``(L + 1, N, units)`` of ``f(patched) - f(clean)`` per unit: row 0
+    with every gradient, row ``1 + l`` with the gradient through block ``l``'s attention and MLP
+    outputs zeroed (GradDrop). ``points`` are the modules whose *input* holds the units (heads:
+    ``o_proj``, ``n_heads`` slices of the last dimension summed over positions; neurons:
+    ``down_proj``, every channel at ``position``)."""
+    model = f.model
+    blocks = list(model.model.layers)
+    corrupted = _capture(f, task.corrupted, task.answers, points, pre=True)
+    drop = {"layer": None}
+    handles = []
+    eps = []
+
+    def add_eps(_m, args, i):
+        leaf = torch.zeros_like(args[0], requires_grad=True)
+        eps.append((i, leaf))
+        return (args[0] + leaf, *args[1:])
+
+    def gate(layer):
+        def hook(_m, _a, out):
+            tensor = out[0] if isinstance(out, tuple) else out
+            tensor.register_hook(lambda g: g * 0 if drop["layer"] == layer else g)
+
+        return hook
+
+    clean = _capture(f, task.clean, task.answers, points, pre=True)
+    for i, p in enumerate(points):
+        handles.append(p.register_forward_pre_hook(lambda m, a, i=i: add_eps(m, a, i)))
+    for layer, block in enumerate(blocks):
+        handles.append(block.self_attn.register_forward_hook(gate(layer)))
+        handles.append(block.mlp.register_forward_hook(gate(layer)))
+    try:
+        with torch.enable_grad():
+            out = f(task.clean, task.answers).sum()
+            leaves = [leaf for _, leaf in sorted(eps, key=lambda x: x[0])]
+            rows = []
+            for layer in [None, *range(len(blocks))]:
+                drop["layer"] = layer
+                grads = torch.autograd.grad(out, leaves, retain_graph=True)
+                cols = []
+                for g, h, b in zip(grads, clean, corrupted):
+                    c = g * (b - h)  # first-order f(patched) - f(clean)
+                    if n_heads is not None:
+                        c = c.reshape(*c.shape[:2], n_heads, -1).sum((1, 3))
+                    else:
+                        c = c[:, position]
+                    cols.append(c)
+                rows.append(torch.cat(cols, 1).detach())
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(rows).double().numpy()
+
+
+def ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of every unit by decreasing score (ties by position)."""
+    order = np.argsort(-scores, kind="stable")
+    r = np.empty(len(scores), dtype=np.int64)
+    r[order] = np.arange(1, len(scores) + 1)
+    return r
+
+
+def screen_table(screens: dict[str, np.ndarray], true_abs: dict, candidates: list) -> dict:
+    """Oracle share and the stopping rule's replay for every screen and k."""
+    truth = np.array([true_abs.get(u, np.nan) for u in candidates])
+    known = ~np.isnan(truth)
+    out = {}
+    for name, s in screens.items():
+        r = ranks(s)
+        entry = {}
+        for k in KS:
+            true_top = np.argsort(-np.where(known, truth, -np.inf))[:k]
+            scores = {u: float(v) for u, v in zip(candidates, s)}
+            calls = {"n": 0}
+
+            def ablate(chunk, calls=calls):
+                calls["n"] += len(chunk)
+                return {u: true_abs[u] for u in chunk}
+
+            res = screen_and_verify(scores, ablate, k)
+            found = set(res.units)
+            truth_set = {candidates[i] for i in true_top}
+            entry[f"top{k}"] = {
+                "max_screen_rank_of_true_top": int(r[true_top].max()),
+                "oracle_share": float(r[true_top].max() / len(s)),
+                "recall": len(found & truth_set) / k,
+                "n_ablations": res.n_ablations,
+                "share": res.n_ablations / len(s),
+                "stopped": res.stopped,
+                "missed": sorted(
+                    [
+                        {"unit": list(candidates[i]), "true_rank": j + 1, "screen_rank": int(r[i])}
+                        for j, i in enumerate(true_top)
+                        if candidates[i] not in found
+                    ],
+                    key=lambda m: m["true_rank"],
+                ),
+                "screen_ranks_of_true_top": [int(r[i]) for i in true_top],
+            }
+        out[name] = entry
+    return out
+
+
+def combine(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """The two combinations of two absolute screens."""
+    return {
+        "combined": np.maximum(a, b),
+        "interleave": 1.0 / np.minimum(ranks(a), ranks(b)),
+    }
+
+
+def timed(fn, *args, **kwargs):
+    """``fn``'s value and the CPU seconds of this process it took (robust to a shared CPU)."""
+    start = time.process_time()
+    value = fn(*args, **kwargs)
+    return value, time.process_time() - start
+
+
+def run_heads(f, task, n_heads: int, steps: list[int], result: dict) -> None:
+    model = f.model
+    n_layers = model.config.num_hidden_layers
+    names = [
+        (f"model.layers.{i}.self_attn.o_proj", h) for i in range(n_layers) for h in range(n_heads)
+    ]
+    load_start = _load()
+    true, t_exact = timed(exact_patching, f, task, "heads", n_heads)
+    print(f"exact patching {t_exact:.1f} s", flush=True)
+    est, costs = {}, {}
+    est["first_order"], costs["first_order"] = timed(estimate, f, task, "heads", n_heads)
+    for m in steps:
+        est[f"input_{m}"], costs[f"input_{m}"] = timed(
+            estimate, f, task, "heads", n_heads, n_steps=m, path="input"
+        )
+        print(f"input_{m} {costs[f'input_{m}']:.1f} s", flush=True)
+    points = [b.self_attn.o_proj for b in model.model.layers]
+    gd, costs["graddrop"] = timed(graddrop, f, task, points, n_heads)
+    print(f"graddrop {costs['graddrop']:.1f} s", flush=True)
+    load_end = _load()
+    agree = float(np.abs(gd[0].mean(0) - est["first_order"].mean(0)).max())
+    screens = {name: np.abs(e.mean(0)) for name, e in est.items()}
+    screens["graddrop_max"] = np.abs(gd.mean(1)).max(0)
+    screens["graddrop_atp"] = (np.abs(gd[1:]).sum(0) / (n_layers - 1)).mean(0)
+    inp = f"input_{steps[0]}"
+    screens.update(combine(screens["first_order"], screens[inp]))
+    screens["combined_graddrop"] = np.maximum(screens["combined"], screens["graddrop_max"])
+    true_mean = true.mean(0)
+    true_abs = {u: float(abs(v)) for u, v in zip(names, true_mean)}
+    n = len(task)
+    passes = {"exact": n_layers * n_heads + 1, "first_order": 3}
+    passes.update({f"input_{m}": 2 * m for m in steps})
+    passes["graddrop"] = 3 + n_layers
+    passes["combined"] = passes["first_order"] + passes[inp]
+    costs["combined"] = costs["first_order"] + costs[inp]
+    result["units"]["heads"] = {
+        "n_units": len(names),
+        "exact_seconds": t_exact,
+        "load_average": [load_start, load_end],
+        "seconds": costs,
+        "cpu_ratio_to_exact": {k: v / t_exact for k, v in costs.items()},
+        "passes": passes,
+        "pass_note": "forward or backward passes over the N pairs; exact = one patched forward "
+        "per head (+ the clean run)",
+        "graddrop_row0_vs_first_order_max_abs_diff": agree,
+        "screens": screen_table(screens, true_abs, names),
+        "true_mean": true_mean.tolist(),
+        "screen_scores": {k: v.tolist() for k, v in screens.items()},
+        "names": [f"L{i}H{h}" for i in range(n_layers) for h in range(n_heads)],
+        "n_pairs": n,
+    }
+
+
+class NeuronPatcher:
+    """Exact patching of single MLP neurons at the final position, with the prefix cached.
+
+    Patching a neuron at the last position changes nothing at earlier positions (causal
+    attention), so the clean run's keys and values of positions ``0..T-2`` are computed once and
+    every patched run feeds only the last token: ``copies`` neurons x ``N`` pairs per pass.
+    ``effects`` are ``f(patched) - f(clean)`` per pair; ``check`` compares one neuron with a
+    full-sequence patched run (hooks on ``down_proj``'s input, no cache)."""
+
+    def __init__(self, f, task, copies: int = 64) -> None:
+        self.model, self.task, self.copies = f.model, task, copies
+        self.f = f
+        self.points = [b.mlp.down_proj for b in self.model.model.layers]
+        with torch.no_grad():
+            self.base = f(task.clean, task.answers).squeeze(-1)
+            prefix = self.model(task.clean[:, :-1], use_cache=True).past_key_values
+        self.legacy = prefix.to_legacy_cache()
+        self.corrupted = [
+            h[:, -1] for h in _capture(f, task.corrupted, task.answers, self.points, pre=True)
+        ]
+        self.cache: dict[tuple[int, int], np.ndarray] = {}
+        self.seconds = 0.0
+
+    @torch.no_grad()
+    def _run(self, layer: int, neurons: list[int]) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        c, n = max(len(neurons), 1), len(self.task)
+        cache = DynamicCache.from_legacy_cache(
+            tuple((k.repeat(c, 1, 1, 1), v.repeat(c, 1, 1, 1)) for k, v in self.legacy)
+        )
+        src = self.corrupted[layer]
+
+        def hook(_m, args):
+            h = args[0].clone().view(c, n, -1)
+            for j, u in enumerate(neurons):
+                h[j, :, u] = src[:, u]
+            return (h.view(c * n, 1, -1),)
+
+        handle = self.points[layer].register_forward_pre_hook(hook)
+        try:
+            logits = self.model(self.task.clean[:, -1:].repeat(c, 1), past_key_values=cache)
+        finally:
+            handle.remove()
+        last = logits.logits[:, -1]
+        answers = self.task.answers.repeat(c, 1)
+        metric = (last.gather(1, answers[:, :1]) - last.gather(1, answers[:, 1:])).squeeze(1)
+        return metric.view(c, n) - self.base
+
+    def effects(self, units: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        """Per-pair effects of every unit ``(layer, neuron)``, computed once each."""
+        todo = sorted({u for u in units if u not in self.cache})
+        start = time.process_time()
+        by_layer: dict[int, list[int]] = {}
+        for layer, neuron in todo:
+            by_layer.setdefault(layer, []).append(neuron)
+        for layer, neurons in by_layer.items():
+            for i in range(0, len(neurons), self.copies):
+                part = neurons[i : i + self.copies]
+                out = self._run(layer, part).double().numpy()
+                self.cache.update({(layer, u): out[j] for j, u in enumerate(part)})
+        self.seconds += time.process_time() - start
+        return {u: self.cache[u] for u in units}
+
+    @torch.no_grad()
+    def check(self, layer: int, neuron: int) -> dict:
+        """The cached-prefix effect of one neuron against full-sequence patching by hooks."""
+        unpatched = self._run(layer, []).abs().max().item()
+        src = _capture(self.f, self.task.corrupted, self.task.answers, self.points, pre=True)
+        h_src = src[layer]
+
+        def hook(_m, args):
+            h = args[0].clone()
+            h[:, -1, neuron] = h_src[:, -1, neuron]
+            return (h,)
+
+        handle = self.points[layer].register_forward_pre_hook(hook)
+        try:
+            full = self.f(self.task.clean, self.task.answers).squeeze(-1) - self.base
+        finally:
+            handle.remove()
+        cached = self._run(layer, [neuron])[0]
+        return {
+            "unpatched_max_abs": unpatched,
+            "neuron": [layer, neuron],
+            "max_abs_diff": float((full - cached).abs().max()),
+            "effect_scale": float(full.abs().max()),
+        }
+
+
+def neuron_input_path(f, task, points, n_steps: int) -> np.ndarray:
+    """``path="input"`` estimates of ``f(patched) - f(clean)`` ``(N, layers * 1536)`` at the
+    final position (LayerGNDI on ``down_proj``'s input, every position x neuron)."""
+    from captum_gndi import LayerGNDI
+
+    scores = LayerGNDI(f, points).attribute(
+        task.clean,
+        baselines=task.corrupted,
+        additional_forward_args=(task.answers,),
+        signed=True,
+        granularity="channel",
+        channel_dim=(1, 2),
+        attribute_to_layer_input=True,
+        n_steps=n_steps,
+        path="input",
+    )
+    n, t = task.clean.shape
+    return -torch.cat([s.reshape(n, t, -1)[:, -1] for s in scores], 1).double().numpy()
+
+
+def run_neurons(f, task, args, result: dict) -> None:
+    model = f.model
+    n_layers = model.config.num_hidden_layers
+    width = model.config.intermediate_size
+    units = [(i, j) for i in range(n_layers) for j in range(width)]
+    index = {u: i for i, u in enumerate(units)}
+    points = [b.mlp.down_proj for b in model.model.layers]
+    load_start = _load()
+    costs: dict[str, float] = {}
+    gd, costs["graddrop"] = timed(graddrop, f, task, points, None, -1)
+    costs["first_order"] = costs["graddrop"] / (n_layers + 1)  # one of its 31 backward passes
+    inp, costs["input_4"] = timed(neuron_input_path, f, task, points, 4)
+    screens = {
+        "first_order": np.abs(gd[0].mean(0)),
+        "input_4": np.abs(inp.mean(0)),
+        "graddrop_max": np.abs(gd.mean(1)).max(0),
+    }
+    screens["combined"] = np.maximum(screens["first_order"], screens["input_4"])
+    patcher = NeuronPatcher(f, task)
+    rng = np.random.default_rng(args.seed)
+    sample = [units[i] for i in rng.choice(len(units), size=args.sample, replace=False)]
+    tops = {u for s in screens.values() for u in (units[i] for i in np.argsort(-s)[: args.top_n])}
+    truth_units = units if args.full else sorted(set(sample) | tops)
+    patcher.effects(truth_units)
+    per_unit_s = patcher.seconds / len(truth_units)
+    check = patcher.check(*max(tops, key=lambda u: screens["first_order"][index[u]]))
+    verify = {}
+    for name, s in screens.items():
+        scores = {u: float(v) for u, v in zip(units, s)}
+        entry = {}
+        for k in KS:
+            res = screen_and_verify(
+                scores, lambda us: {u: abs(float(patcher.effects([u])[u].mean())) for u in us}, k
+            )
+            entry[f"top{k}"] = {
+                "units": [list(u) for u in res.units],
+                "n_ablations": res.n_ablations,
+                "share": res.n_ablations / len(units),
+                "stopped": res.stopped,
+            }
+        verify[name] = entry
+    known = {u: float(patcher.cache[u].mean()) for u in patcher.cache}
+    ordered = sorted(known, key=lambda u: -abs(known[u]))
+    rank = {u: i + 1 for i, u in enumerate(ordered)}
+    for name, entry in verify.items():
+        r = ranks(screens[name])
+        for k in KS:
+            e = entry[f"top{k}"]
+            truth = set(ordered[:k])
+            found = {tuple(u) for u in e["units"]}
+            e["recall"] = len(found & truth) / k
+            e["missed"] = [
+                {"unit": list(u), "true_rank": rank[u], "screen_rank": int(r[index[u]])}
+                for u in ordered[:k]
+                if u not in found
+            ]
+            e["max_screen_rank_of_true_top"] = int(max(r[index[u]] for u in truth))
+    load_end = _load()
+    result["units"]["neurons"] = {
+        "n_units": len(units),
+        "position": "final",
+        "truth": "exact patching of every neuron"
+        if args.full
+        else f"exact patching of {len(patcher.cache)} neurons: a uniform random sample of "
+        f"{args.sample}, the top {args.top_n} of each screen, and every neuron the stopping "
+        "rule asked for; the true top k is the top k of these (not of every neuron)",
+        "n_truth": len(patcher.cache),
+        "load_average": [load_start, load_end],
+        "seconds": costs,
+        "patch_seconds_per_neuron": per_unit_s,
+        "brute_force_seconds_extrapolated": per_unit_s * len(units),
+        "cpu_ratio_to_brute_force_extrapolated": {
+            k: v / (per_unit_s * len(units)) for k, v in costs.items()
+        },
+        "cached_prefix_check": check,
+        "verify": verify,
+        "true_top20": [
+            {
+                "unit": list(u),
+                "effect": known[u],
+                **{f"{name}_rank": int(ranks(s)[index[u]]) for name, s in screens.items()},
+            }
+            for u in ordered[:20]
+        ],  # fmt: skip
+        "sample_effects_abs_quantiles": np.quantile(
+            [abs(known[u]) for u in sample], [0.5, 0.9, 0.99, 1.0]
+        ).tolist(),
+    }
+
+
+def run_verify(f, task, args, result: dict) -> None:
+    """The package's own ``verify_top_k`` on every head with each screen in ``--screens``."""
+    from captum_gndi import find_layers, verify_top_k
+
+    heads = find_layers(f.model, "head")
+    runs = {}
+    for screen in args.screens.split(","):
+        for k in KS:
+            start, wall = time.process_time(), time.perf_counter()
+            res = verify_top_k(f, task, heads, k=k, channel_dim=2, screen=screen, progress=False)
+            runs[f"{screen}_top{k}"] = {
+                "units": [[name, int(i)] for name, i in res.units],
+                "effects": res.effects.tolist(),
+                "n_ablations": res.n_ablations,
+                "share": res.n_ablations / res.n_units,
+                "stopped": res.stopped,
+                "cpu_seconds": time.process_time() - start,
+                "wall_seconds": time.perf_counter() - wall,
+                "timings": res.timings,
+            }
+            print(screen, k, res.n_ablations, flush=True)
+    result["units"]["verify_top_k"] = {"load_average": _load(), "runs": runs}
+
+
+def markdown(paths: list[Path]) -> str:
+    """The tables of docs/results.md from result files."""
+    lines = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        heads = data["units"].get("heads")
+        if heads:
+            lines += [
+                f"**{data['task']}**, {data['n_pairs']} pairs, {data['tokens']} tokens: exact "
+                f"patching of the {heads['n_units']} heads {heads['exact_seconds']:.0f} CPU s "
+                f"(load average {heads['load_average'][0]:.1f} to {heads['load_average'][1]:.1f} "
+                f"on {data['cpu_count']} cores); `{data['command']}`",
+                "",
+                "| screen | CPU s / exact | top 10: rank of last true | rule: share | recall "
+                "| top 20: rank of last true | rule: share | recall |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            ratio = heads["cpu_ratio_to_exact"]
+            for name, entry in heads["screens"].items():
+                cost = ratio.get(name, ratio.get(name.split("_")[0]))
+                if name.startswith("graddrop"):
+                    cost = ratio["graddrop"]
+                elif name in ("combined", "interleave"):
+                    cost = ratio["combined"]
+                elif name == "combined_graddrop":
+                    cost = ratio["combined"] + ratio["graddrop"]
+                cells = []
+                for k in KS:
+                    e = entry[f"top{k}"]
+                    cells += [
+                        f"{e['max_screen_rank_of_true_top']}",
+                        f"{e['share']:.1%} ({e['n_ablations']})",
+                        f"{e['recall']:.2f}",
+                    ]
+                lines.append(f"| {name} | {cost:.3f} | " + " | ".join(cells) + " |")
+            lines.append("")
+            names = heads["names"]
+            misses = [
+                f"{name} top {k}: "
+                + ", ".join(
+                    f"{names[int(m['unit'][0].split('.')[2]) * 9 + m['unit'][1]]} (true rank "
+                    f"{m['true_rank']}, screen rank {m['screen_rank']})"
+                    for m in entry[f"top{k}"]["missed"]
+                )
+                for name, entry in heads["screens"].items()
+                for k in KS
+                if entry[f"top{k}"]["missed"]
+            ]
+            lines += ["Misses of the rule: " + ("; ".join(misses) if misses else "none") + ".", ""]
+        neurons = data["units"].get("neurons")
+        if neurons:
+            lines += [
+                f"**{data['task']} neurons**, {data['n_pairs']} pairs: {neurons['truth']} "
+                f"({neurons['n_truth']}); `{data['command']}`",
+                "",
+                "| screen | top 10: rank of last true | rule: share | recall "
+                "| top 20: rank of last true | rule: share | recall |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for name, entry in neurons["verify"].items():
+                cells = []
+                for k in KS:
+                    e = entry[f"top{k}"]
+                    cells += [
+                        f"{e['max_screen_rank_of_true_top']}",
+                        f"{e['share']:.2%} ({e['n_ablations']})",
+                        f"{e['recall']:.2f}",
+                    ]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+        runs = data["units"].get("verify_top_k")
+        if runs:
+            lines += [
+                f"**verify_top_k on {data['task']}**, {data['n_pairs']} pairs; `{data['command']}`",
+                "",
+                "| screen | k | ablations | share | stopped | CPU s |",
+                "|---|---:|---:|---:|---|---:|",
+            ]
+            for label, r in runs["runs"].items():
+                screen, k = label.rsplit("_top", 1)
+                lines.append(
+                    f"| {screen} | {k} | {r['n_ablations']} | {r['share']:.1%} | {r['stopped']} "
+                    f"| {r['cpu_seconds']:.0f} |"
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("ioi", "factual_recall", "induction"), default="ioi")
+    parser.add_argument("--n-pairs", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--units", default="heads")
+    parser.add_argument("--input-steps", default="4,8")
+    parser.add_argument("--screens", default="combined", help="verify_top_k: its screens")
+    parser.add_argument("--sample", type=int, default=2000, help="neurons: random sample size")
+    parser.add_argument("--full", action="store_true", help="neurons: patch every neuron")
+    parser.add_argument("--top-n", type=int, default=100, help="neurons: top N of each screen")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--markdown", type=Path, nargs="*", help="print tables of these files")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.markdown))
+        return 0
+    torch.manual_seed(args.seed)
+    model, tokenizer = zoo.load_smollm2()
+    task = getattr(tasks, args.task)(tokenizer, args.n_pairs, seed=args.seed)
+    f = tasks.logit_diff(model)
+    result = {
+        "command": "OMP_NUM_THREADS=1 python experiments/smollm2_verify.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "task": args.task,
+        "n_pairs": len(task),
+        "tokens": task.clean.shape[1],
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "units": {},
+    }
+    if args.out.exists():
+        old = json.loads(args.out.read_text())
+        result["units"] = old.get("units", {})
+    steps = [int(s) for s in args.input_steps.split(",") if s]
+    for unit_type in args.units.split(","):
+        if unit_type == "heads":
+            run_heads(f, task, model.config.num_attention_heads, steps, result)
+        elif unit_type == "verify_top_k":
+            run_verify(f, task, args, result)
+        elif unit_type == "neurons":
+            run_neurons(f, task, args, result)
+        else:
+            raise SystemExit(f"unknown unit type {unit_type}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
