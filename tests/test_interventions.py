@@ -36,7 +36,7 @@ def _data() -> list:
 
 
 def test_damage_metrics_are_defined_once():
-    assert DAMAGE_METRICS == tuple(METRICS)
+    assert tuple(METRICS) == DAMAGE_METRICS
     assert VERIFY_DAMAGE_METRICS is DAMAGE_METRICS and validation.DAMAGE_METRICS is DAMAGE_METRICS
     assert LABELLED_DEFAULT == ("accuracy_drop", "loss_increase", "output_delta", "kl")
     assert UNLABELLED_DEFAULT == ("output_delta", "embedding_cosine")
@@ -144,14 +144,22 @@ def _calls(tree: ast.AST) -> list[str]:
             found.append(node.attr)
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names if a.name.startswith("torch.fx")]
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.startswith("torch.fx") or (
-                node.module == "torch" and any(a.name == "fx" for a in node.names)
-            ):
-                found.append(node.module)
-        if isinstance(node, ast.Attribute) and node.attr == "fx":
-            if isinstance(node.value, ast.Name) and node.value.id == "torch":
-                found.append("torch.fx")
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and (
+                node.module.startswith("torch.fx")
+                or (node.module == "torch" and any(a.name == "fx" for a in node.names))
+            )
+        ):
+            found.append(node.module)
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "fx"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "torch"
+        ):
+            found.append("torch.fx")
     return found
 
 
