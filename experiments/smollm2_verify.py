@@ -49,13 +49,30 @@ from captum_gndi import tasks, zoo
 from captum_gndi.verify import screen_and_verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smollm2_patching import _capture, estimate, exact_patching  # noqa: E402
+from smollm2_patching import estimate, exact_patching  # noqa: E402
 
 KS = (10, 20)
 
 
 def _load() -> float:
     return os.getloadavg()[0]
+
+
+@torch.no_grad()
+def capture_inputs(f, ids, answers, modules) -> list[torch.Tensor]:
+    """The input of each module on one run of ``f``."""
+    seen: list[torch.Tensor | None] = [None] * len(modules)
+
+    def hook(i):
+        return lambda _m, args: seen.__setitem__(i, args[0].detach().clone())
+
+    handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(modules)]
+    try:
+        f(ids, answers)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen  # type: ignore[return-value]
 
 
 def graddrop(f, task, points, n_heads: int | None, position: int | None = None) -> np.ndarray:
@@ -66,7 +83,7 @@ def graddrop(f, task, points, n_heads: int | None, position: int | None = None) 
     ``down_proj``, every channel at ``position``)."""
     model = f.model
     blocks = list(model.model.layers)
-    corrupted = _capture(f, task.corrupted, task.answers, points, pre=True)
+    corrupted = capture_inputs(f, task.corrupted, task.answers, points)
     drop = {"layer": None}
     handles = []
     eps = []
@@ -83,7 +100,7 @@ def graddrop(f, task, points, n_heads: int | None, position: int | None = None) 
 
         return hook
 
-    clean = _capture(f, task.clean, task.answers, points, pre=True)
+    clean = capture_inputs(f, task.clean, task.answers, points)
     for i, p in enumerate(points):
         handles.append(p.register_forward_pre_hook(lambda m, a, i=i: add_eps(m, a, i)))
     for layer, block in enumerate(blocks):
@@ -247,7 +264,7 @@ class NeuronPatcher:
             prefix = self.model(task.clean[:, :-1], use_cache=True).past_key_values
         self.legacy = prefix.to_legacy_cache()
         self.corrupted = [
-            h[:, -1] for h in _capture(f, task.corrupted, task.answers, self.points, pre=True)
+            h[:, -1] for h in capture_inputs(f, task.corrupted, task.answers, self.points)
         ]
         self.cache: dict[tuple[int, int], np.ndarray] = {}
         self.seconds = 0.0
@@ -297,7 +314,7 @@ class NeuronPatcher:
     def check(self, layer: int, neuron: int) -> dict:
         """The cached-prefix effect of one neuron against full-sequence patching by hooks."""
         unpatched = self._run(layer, []).abs().max().item()
-        src = _capture(self.f, self.task.corrupted, self.task.answers, self.points, pre=True)
+        src = capture_inputs(self.f, self.task.corrupted, self.task.answers, self.points)
         h_src = src[layer]
 
         def hook(_m, args):
@@ -541,6 +558,33 @@ def markdown(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def replay(paths: list[Path], misses: tuple[float, ...] = (1.0, 0.5, 0.25)) -> str:
+    """The stopping rule replayed with stricter ``expected_misses`` on recorded head effects."""
+    lines = [
+        "| task | screen | k | " + " | ".join(f"expected_misses={e}" for e in misses) + " |",
+        "|---|---|---:|" + "---:|" * len(misses),
+    ]
+    for path in paths:
+        data = json.loads(path.read_text())
+        heads = data["units"]["heads"]
+        true = np.abs(np.array(heads["true_mean"]))
+        units = [(i,) for i in range(len(true))]
+        for screen in ("first_order", "combined", "graddrop_max", "combined_graddrop"):
+            scores = dict(zip(units, heads["screen_scores"][screen]))
+            for k in KS:
+                truth = set(np.argsort(-true)[:k].tolist())
+                cells = []
+                for e in misses:
+                    res = screen_and_verify(
+                        scores, lambda us, t=true: {u: float(t[u[0]]) for u in us}, k,
+                        expected_misses=e,
+                    )  # fmt: skip
+                    recall = len({u[0] for u in res.units} & truth) / k
+                    cells.append(f"{res.n_ablations / len(units):.1%}, recall {recall:.2f}")
+                lines.append(f"| {data['task']} | {screen} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("ioi", "factual_recall", "induction"), default="ioi")
@@ -553,10 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="neurons: patch every neuron")
     parser.add_argument("--top-n", type=int, default=100, help="neurons: top N of each screen")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--replay", type=Path, nargs="*", help="replay the rule on head files")
     parser.add_argument("--markdown", type=Path, nargs="*", help="print tables of these files")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(args.markdown))
+        return 0
+    if args.replay:
+        print(replay(args.replay))
         return 0
     torch.manual_seed(args.seed)
     model, tokenizer = zoo.load_smollm2()
