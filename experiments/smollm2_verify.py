@@ -374,7 +374,7 @@ def run_neurons(f, task, args, result: dict) -> None:
         "graddrop_max": np.abs(gd.mean(1)).max(0),
     }
     screens["combined"] = np.maximum(screens["first_order"], screens["input_4"])
-    patcher = NeuronPatcher(f, task)
+    patcher = NeuronPatcher(f, task, copies=max(64, 512 // len(task)))
     rng = np.random.default_rng(args.seed)
     sample = [units[i] for i in rng.choice(len(units), size=args.sample, replace=False)]
     tops = {u for s in screens.values() for u in (units[i] for i in np.argsort(-s)[: args.top_n])}
