@@ -17,24 +17,36 @@ every head of every layer with the corrupted prompt's activations as baselines
 (``compute_gndi(tasks.logit_diff(model), task, heads, granularity="channel", channel_dim=2)``,
 reverse mode: one forward and one backward pass per batch), and the Fisher norm of the
 next-token distribution from 8 random probes per head (``LayerGNDI.attribute(clean,
-norm="fisher", n_probes=8)``). The JSON reports the largest score difference between the two
-workers and, per worker and phase (before loading, loading, scoring, one no-grad forward pass
-of the clean prompts), the peaks of its resident
+norm="fisher", n_probes=8)``). With ``--units mlps`` the patching G-NDI scores whole MLPs
+(``granularity="layer"``: one tangent per MLP) of the layers ``--unit-layers`` names, in the
+engine ``--mode`` names, and the Fisher probes are skipped. ``--mode forward`` keeps no autograd
+graph, so each offloaded layer's weights are freed when accelerate's hook sets it back to the
+meta device; it runs one forward-AD pass per tangent through the hooks. The JSON reports the
+largest score difference between the two workers and, per worker and phase (before loading,
+loading, scoring, one no-grad forward pass of the clean prompts), the peaks of its resident
 anonymous memory (``RssAnon`` of ``/proc/self/status``, sampled every 5 ms: the tensors) and of
 its whole resident set (``VmRSS``, which also counts the pages of memory-mapped weight files),
-against the size of the float32 weights. accelerate's hooks are checked to be the same objects
-before and after.
+with both values at the start of the phase, against the size of the float32 weights.
+accelerate's hooks are checked to be the same objects before and after.
 
 Usage::
 
     OMP_NUM_THREADS=1 python experiments/offload_smollm2.py \\
         --out benchmarks/results/offload_smollm2.json
+    MALLOC_MMAP_THRESHOLD_=131072 OMP_NUM_THREADS=1 python experiments/offload_smollm2.py \\
+        --units mlps --mode forward --unit-layers 0,9,19,29 \\
+        --out benchmarks/results/offload_smollm2_forward.json
+
+``MALLOC_MMAP_THRESHOLD_`` (glibc) maps every block of 128 KiB or more separately, so freed
+tensors leave the resident set and ``RssAnon`` follows the live tensors; without it glibc keeps
+freed memory resident and a phase's peak can be an earlier phase's leftover.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -55,6 +67,7 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.005) -> None:
         self.peaks = {"RssAnon": 0, "VmRSS": 0}
+        self.start = dict(self.peaks)
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -78,10 +91,13 @@ class PeakMemory:
             time.sleep(self.interval)
 
     def phase(self) -> dict[str, float]:
-        """Peaks (MiB) since the previous phase; the next phase starts from the current use."""
+        """Peaks (MiB) since the previous phase and the use when it started; the next phase
+        starts from the current use."""
         self._sample()
         peaks = {f"peak_{k}_mib": v / MIB for k, v in self.peaks.items()}
+        peaks.update({f"start_{k}_mib": v / MIB for k, v in self.start.items()})
         self.peaks = dict(self.now())
+        self.start = dict(self.peaks)
         return peaks
 
     def __enter__(self) -> PeakMemory:
@@ -124,7 +140,9 @@ def hooks(model) -> dict[str, int]:
     return {n: id(m._hf_hook) for n, m in model.named_modules() if hasattr(m, "_hf_hook")}
 
 
-def worker(kind: str, prompts: int, in_memory: int, out: Path) -> None:
+def worker(
+    kind: str, prompts: int, in_memory: int, units: str, mode: str, layers: str, out: Path
+) -> None:
     from captum_gndi import LayerGNDI, compute_gndi, find_layers, tasks
 
     warnings.simplefilter("ignore")
@@ -138,18 +156,27 @@ def worker(kind: str, prompts: int, in_memory: int, out: Path) -> None:
         loading = memory.phase()
         hooks_before = hooks(model)
         task = tasks.ioi(tokenizer, n=prompts, seed=0)
-        heads = find_layers(model, "head")
+        points = find_layers(model, "head" if units == "heads" else "mlp")
+        if layers:
+            chosen = {int(i) for i in layers.split(",")}
+            points = {n: p for i, (n, p) in enumerate(points.items()) if i in chosen}
+        options = (
+            dict(granularity="channel", channel_dim=2)
+            if units == "heads"
+            else dict(granularity="layer")
+        )
         start = time.perf_counter()
         f = tasks.logit_diff(model)
-        patching = compute_gndi(
-            f, task, heads, granularity="channel", channel_dim=2, progress=False
-        ).stack()
+        patching = compute_gndi(f, task, points, mode=mode, progress=False, **options).stack()
         patching_s = time.perf_counter() - start
-        start = time.perf_counter()
-        fisher = LayerGNDI(lambda ids: model(ids).logits[:, -1], list(heads.values())).attribute(
-            task.clean, norm="fisher", n_probes=8, granularity="channel", channel_dim=2
-        )
-        fisher_s = time.perf_counter() - start
+        fisher, fisher_s = None, None
+        if units == "heads":
+            start = time.perf_counter()
+            heads = list(points.values())
+            fisher = LayerGNDI(lambda ids: model(ids).logits[:, -1], heads).attribute(
+                task.clean, norm="fisher", n_probes=8, granularity="channel", channel_dim=2
+            )
+            fisher, fisher_s = torch.stack(fisher), time.perf_counter() - start
         scoring = memory.phase()
         with torch.no_grad():  # a plain forward pass, for comparison: no graph holds weights
             model(task.clean)
@@ -159,7 +186,8 @@ def worker(kind: str, prompts: int, in_memory: int, out: Path) -> None:
     torch.save(
         {
             "patching": patching,
-            "fisher": torch.stack(fisher),
+            "fisher": fisher,
+            "units": list(points),
             "memory": {
                 "before_load": before,
                 "loading": loading,
@@ -181,12 +209,29 @@ def main() -> None:
     parser.add_argument(
         "--layers-in-memory", type=int, default=2, help="decoder layers kept in memory"
     )
+    parser.add_argument(
+        "--units", choices=("heads", "mlps"), default="heads", help="what the patching scores"
+    )
+    parser.add_argument(
+        "--mode", choices=("reverse", "forward"), default="reverse", help="G-NDI engine"
+    )
+    parser.add_argument(
+        "--unit-layers", default="", help="comma-separated layer indices (default: all)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
     parser.add_argument("--worker", choices=("full", "offload"), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.prompts, args.layers_in_memory, args.result)
+        worker(
+            args.worker,
+            args.prompts,
+            args.layers_in_memory,
+            args.units,
+            args.mode,
+            args.unit_layers,
+            args.result,
+        )
         return
     results = {}  # the full worker runs first: its load_smollm2 writes the cache offload reads
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,22 +243,35 @@ def main() -> None:
                 str(args.prompts),
                 "--layers-in-memory",
                 str(args.layers_in_memory),
+                "--units",
+                args.units,
+                "--mode",
+                args.mode,
+                "--unit-layers",
+                args.unit_layers,
             ]
             subprocess.run(command, check=True)
             results[kind] = torch.load(path, weights_only=False)
     full, offload = results["full"], results["offload"]
 
-    def difference(key: str) -> float:
+    def difference(key: str) -> float | None:
+        if full[key] is None:
+            return None
         return float((full[key] - offload[key]).abs().max() / full[key].abs().max())
 
     places = {}
     for place in offload["device_map"].values():
         places[str(place)] = places.get(str(place), 0) + 1
+    mmap = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    threshold = "" if mmap is None else f"MALLOC_MMAP_THRESHOLD_={mmap} "
     summary = {
-        "command": "OMP_NUM_THREADS=1 python experiments/offload_smollm2.py "
+        "command": threshold
+        + "OMP_NUM_THREADS=1 python experiments/offload_smollm2.py "
         + " ".join(sys.argv[1:]),
         "prompts": args.prompts,
         "layers_in_memory": args.layers_in_memory,
+        "units": full["units"],
+        "mode": args.mode,
         "weights_mib": full["weights_mib"],
         "device_map_entries": places,
         "max_relative_difference": {
@@ -224,6 +282,9 @@ def main() -> None:
         "workers": {
             kind: {"memory": r["memory"], "seconds": r["seconds"]} for kind, r in results.items()
         },
+        # glibc's allocator keeps freed memory resident unless large blocks are mapped
+        # separately (MALLOC_MMAP_THRESHOLD_ set: then RssAnon follows the live tensors)
+        "MALLOC_MMAP_THRESHOLD_": mmap,
         "torch": torch.__version__,
     }
     text = json.dumps(summary, indent=2)
