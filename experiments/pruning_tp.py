@@ -13,11 +13,21 @@ ranking, without fine-tuning, at each channel sparsity, with four importances:
   same scoring images), one-shot;
 - ``tp-magnitude``: Torch-Pruning's ``GroupMagnitudeImportance`` (group L2 norm), one-shot.
 
+With ``--equal-macs 0.7,0.5,0.3`` each importance is instead pruned to those fractions of the
+dense MACs (within 1% where one channel allows): Torch-Pruning's ``pruning_ratio`` is found by
+bisection, below the ratios at which a group would lose every channel (``MetaPruner`` then
+prunes none of that group's channels, so the MACs stop falling with the ratio); ``gndi-iter5``
+rescores the model at each of 5 steps and bisects each step to a MACs target that falls
+linearly to the final one.
+
 Every importance sees the same ``--score-images`` training images. Accuracy is measured on the
 test images with a 95% bootstrap interval (``--bootstrap`` resamples of the test images); MACs
 and parameters come from ``tp.utils.count_ops_and_params``. The cost of one G-NDI scoring pass
 (every group) is timed against one forward+backward pass over the scoring images and against a
-Taylor step (forward+backward, then Torch-Pruning's Taylor importance of every group).
+Taylor step (forward+backward, then Torch-Pruning's Taylor importance of every group);
+``--cost-probes 8`` also times ``GNDIImportance(n_probes=8)`` and ``--resnet50-cost 2x4`` repeats
+the timings in the same run on a random-weight torchvision ResNet-50 (2 batches of 4 random
+224x224 images, every group of the model scored).
 
 Usage (ResNet-56, about 5 CPU minutes on one thread)::
 
