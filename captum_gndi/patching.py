@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .engine import ScoringJob, capture_activations
 from .interventions import LayerSpec
-from .runs import chunks, make_runner, shard
+from .runs import Layers, chunks, make_runner, resolve_layers, shard
 from .tasks.core import PatchingTask, check_patching_batches, is_patching_data
 from .units import ChannelDim
 
@@ -49,6 +49,7 @@ __all__ = [
     "check_metric_output",
     "is_patching_data",
     "metric_model",
+    "metric_model_and_layers",
     "patching_baselines",
     "patching_job",
     "patching_runs",
@@ -146,6 +147,14 @@ class PatchingMetric(nn.Module):
 def metric_model(model: nn.Module, metric: Callable[[Any, Tensor], Tensor] | None) -> nn.Module:
     """The function patching evaluates: ``model`` itself, or ``PatchingMetric(model, metric)``."""
     return model if metric is None else PatchingMetric(model, metric)
+
+
+def metric_model_and_layers(
+    model: nn.Module, layers: Layers, metric: Callable[[Any, Tensor], Tensor] | None
+) -> tuple[nn.Module, dict[str, LayerSpec]]:
+    """The function patching evaluates (:func:`metric_model`) and ``layers`` resolved on
+    ``model`` itself, so dotted names are the model's, not the metric wrapper's."""
+    return metric_model(model, metric), resolve_layers(model, layers)
 
 
 @dataclass

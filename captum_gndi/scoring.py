@@ -38,7 +38,7 @@ from .padding import exclude_padding
 from .patching import (
     check_direction,
     is_patching_data,
-    metric_model,
+    metric_model_and_layers,
     patching_job,
     patching_runs,
     source_label,
@@ -479,8 +479,7 @@ def compute_gndi(
                 "prompt of the pair and the output is the metric model's one number per pair; "
                 "drop target= and baseline=."
             )
-        layers = resolve_layers(model, layers)  # names of the model, not the wrapper
-        model = metric_model(model, metric)
+        model, layers = metric_model_and_layers(model, layers, metric)
     elif metric is not None:
         raise ValueError(
             "metric= needs patching data (a PatchingTask or a loader of (clean, corrupted, "

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..patching import (
     check_metric_model_output,
-    metric_model,
+    metric_model_and_layers,
     patching_baselines,
     patching_runs,
 )
@@ -215,8 +215,7 @@ def activation_patch(
         >>> effects.shape  # [layer, pos, head]
         torch.Size([30, 15, 9])
     """
-    layers = resolve_layers(model, layers)  # names of the model, not the wrapper
-    model = metric_model(model, metric)
+    model, layers = metric_model_and_layers(model, layers, metric)
     warn_if_training(model)
     named = resolve_layers(model, layers)
     device = resolve_device(model, device)

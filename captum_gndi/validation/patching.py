@@ -44,7 +44,7 @@ from ..interventions.patching import (
     unit_effects,
 )
 from ..interventions.selection import Unit, probe_layers
-from ..patching import check_direction, metric_model, source_label
+from ..patching import check_direction, metric_model_and_layers, source_label
 from ..runs import Layers, make_runner, resolve_device, resolve_layers, warn_if_training
 from ..tasks.core import PatchingTask
 from ..units import ChannelDim, unit_index
@@ -248,8 +248,7 @@ def validate_patching(
             f"granularity must be 'layer' or 'channel' on patching data, got {granularity!r}."
         )
     names = check_criteria(criteria)
-    layers = resolve_layers(model, layers)  # names of the model, not the wrapper
-    model = metric_model(model, metric)
+    model, layers = metric_model_and_layers(model, layers, metric)
     warn_if_training(model)
     named = resolve_layers(model, layers)
     device = resolve_device(model, device)

@@ -62,7 +62,13 @@ from ..interventions.damage import DAMAGE_METRICS, Damage, DamageMetric, resolve
 from ..interventions.model_state import preserve_model
 from ..interventions.patching import EFFECT, patched_batches
 from ..interventions.selection import Unit, probe_layers
-from ..patching import check_direction, is_patching_data, metric_model, source_label
+from ..patching import (
+    check_direction,
+    is_patching_data,
+    metric_model,
+    metric_model_and_layers,
+    source_label,
+)
 from ..runs import (
     DataTarget,
     Layers,
@@ -222,8 +228,7 @@ def verify_top_k(
                 "prompt, and the damage the change of the metric model's output; drop "
                 "baseline=, target= and damage=."
             )
-        layers = resolve_layers(model, layers)  # names of the model, not the wrapper
-        model = metric_model(model, metric)
+        model, layers = metric_model_and_layers(model, layers, metric)
     elif metric is not None:
         raise ValueError(
             "metric= needs patching data (a PatchingTask or a list of PatchingBatch); for "
