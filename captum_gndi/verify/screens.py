@@ -16,9 +16,9 @@ prompt pairs of a signed estimate of the patching effect ``f(x) - f(x; do(h_u :=
   screen ranks high is verified early: first order misses units whose effect cancels or
   saturates along the way (attention patterns), the input path misses others whose gradient is
   small in the middle of the path. On SmolLM2's 270 IOI heads (24 prompt pairs) it finds the
-  exact top 10 and top 20 with 13.0% and 28.9% of brute-force patching against 14.1% and 30.0%
-  for first order alone, whose last true top-20 head sits at rank 54; on induction neither finds
-  the exact top 10 (``docs/results.md``, "A real LLM: screen and verify").
+  exact top 10 with 11.9% of brute-force patching (first order: 13.0%) and 19 of the top 20 with
+  26.3% (first order: all 20 with 35.2%); on induction neither finds the exact top 10
+  (``docs/results.md``, "A real LLM: screen and verify").
 
 Other data (zero, mean or given baselines) has one screen, ``"first_order"``: the norm of the
 first-order G-NDI effect; ``path="input"`` needs input-space baselines that such data lacks.
