@@ -65,7 +65,6 @@ from ..interventions.selection import Unit, probe_layers
 from ..patching import (
     check_direction,
     is_patching_data,
-    metric_model,
     metric_model_and_layers,
     source_label,
 )
@@ -217,9 +216,6 @@ def verify_top_k(
             f"{granularity!r}."
         )
     patching = is_patching_data(data)
-    screen = check_screen(
-        screen, patching, n_steps, find_input_layer(metric_model(model, metric)) is not None
-    )
     if patching:
         check_direction(direction)
         if baseline not in (None, "zero") or target is not None or damage != "output_delta":
@@ -234,6 +230,7 @@ def verify_top_k(
             "metric= needs patching data (a PatchingTask or a list of PatchingBatch); for "
             "other data pass the metric as the model itself."
         )
+    screen = check_screen(screen, patching, n_steps, find_input_layer(model) is not None)
     warn_if_training(model)
     named = resolve_layers(model, layers)
     names = list(named)
