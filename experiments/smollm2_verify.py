@@ -247,24 +247,24 @@ def run_heads(f, task, n_heads: int, steps: list[int], result: dict) -> None:
 
 
 class NeuronPatcher:
-    """Exact patching of single MLP neurons at the final position, with the prefix cached.
+    """Exact patching of single MLP neurons at one position ``p``, with the prefix cached.
 
-    Patching a neuron at the last position changes nothing at earlier positions (causal
-    attention), so the clean run's keys and values of positions ``0..T-2`` are computed once and
-    every patched run feeds only the last token: ``copies`` neurons x ``N`` pairs per pass.
-    ``effects`` are ``f(patched) - f(clean)`` per pair; ``check`` compares one neuron with a
-    full-sequence patched run (hooks on ``down_proj``'s input, no cache)."""
+    Patching a neuron at position ``p`` changes nothing at earlier positions (causal
+    attention), so the clean run's keys and values of positions ``0..p-1`` are computed once and
+    every patched run feeds only the tokens from ``p`` on: ``copies`` neurons x ``N`` pairs per
+    pass. ``effects`` are ``f(patched) - f(clean)`` per pair; ``check`` compares one neuron with
+    a full-sequence patched run (hooks on ``down_proj``'s input, no cache)."""
 
-    def __init__(self, f, task, copies: int = 64) -> None:
+    def __init__(self, f, task, position: int, copies: int = 64) -> None:
         self.model, self.task, self.copies = f.model, task, copies
-        self.f = f
+        self.f, self.position = f, position
         self.points = [b.mlp.down_proj for b in self.model.model.layers]
         with torch.no_grad():
             self.base = f(task.clean, task.answers).squeeze(-1)
-            prefix = self.model(task.clean[:, :-1], use_cache=True).past_key_values
+            prefix = self.model(task.clean[:, :position], use_cache=True).past_key_values
         self.legacy = prefix.to_legacy_cache()
         self.corrupted = [
-            h[:, -1] for h in capture_inputs(f, task.corrupted, task.answers, self.points)
+            h[:, position] for h in capture_inputs(f, task.corrupted, task.answers, self.points)
         ]
         self.cache: dict[tuple[int, int], np.ndarray] = {}
         self.seconds = 0.0
@@ -278,16 +278,17 @@ class NeuronPatcher:
             tuple((k.repeat(c, 1, 1, 1), v.repeat(c, 1, 1, 1)) for k, v in self.legacy)
         )
         src = self.corrupted[layer]
+        suffix = self.task.clean[:, self.position :]
 
         def hook(_m, args):
-            h = args[0].clone().view(c, n, -1)
+            h = args[0].clone().view(c, n, suffix.shape[1], -1)
             for j, u in enumerate(neurons):
-                h[j, :, u] = src[:, u]
-            return (h.view(c * n, 1, -1),)
+                h[j, :, 0, u] = src[:, u]
+            return (h.view(c * n, suffix.shape[1], -1),)
 
         handle = self.points[layer].register_forward_pre_hook(hook)
         try:
-            logits = self.model(self.task.clean[:, -1:].repeat(c, 1), past_key_values=cache)
+            logits = self.model(suffix.repeat(c, 1), past_key_values=cache)
         finally:
             handle.remove()
         last = logits.logits[:, -1]
@@ -319,7 +320,7 @@ class NeuronPatcher:
 
         def hook(_m, args):
             h = args[0].clone()
-            h[:, -1, neuron] = h_src[:, -1, neuron]
+            h[:, self.position, neuron] = h_src[:, self.position, neuron]
             return (h,)
 
         handle = self.points[layer].register_forward_pre_hook(hook)
@@ -336,9 +337,24 @@ class NeuronPatcher:
         }
 
 
-def neuron_input_path(f, task, points, n_steps: int) -> np.ndarray:
-    """``path="input"`` estimates of ``f(patched) - f(clean)`` ``(N, layers * 1536)`` at the
-    final position (LayerGNDI on ``down_proj``'s input, every position x neuron)."""
+def neuron_position(task, which: str) -> int:
+    """The position of the neuron runs: ``final`` (the last token) or ``subject``: the last
+    position where the clean and corrupted prompts differ, the same in every pair (factual
+    recall: the last subject token; IOI: the second mention of the subject, S2; induction: the
+    final position)."""
+    t = task.clean.shape[1]
+    if which == "final":
+        return t - 1
+    differ = task.clean != task.corrupted
+    last = {int(row.nonzero().max()) for row in differ}
+    if which != "subject" or len(last) != 1:
+        raise SystemExit(f"--position {which}: pairs differ last at positions {sorted(last)}")
+    return last.pop()
+
+
+def neuron_input_path(f, task, points, n_steps: int, position: int) -> np.ndarray:
+    """``path="input"`` estimates of ``f(patched) - f(clean)`` ``(N, layers * 1536)`` at
+    ``position`` (LayerGNDI on ``down_proj``'s input, every position x neuron)."""
     from captum_gndi import LayerGNDI
 
     scores = LayerGNDI(f, points).attribute(
@@ -353,7 +369,7 @@ def neuron_input_path(f, task, points, n_steps: int) -> np.ndarray:
         path="input",
     )
     n, t = task.clean.shape
-    return -torch.cat([s.reshape(n, t, -1)[:, -1] for s in scores], 1).double().numpy()
+    return -torch.cat([s.reshape(n, t, -1)[:, position] for s in scores], 1).double().numpy()
 
 
 def run_neurons(f, task, args, result: dict) -> None:
@@ -363,18 +379,20 @@ def run_neurons(f, task, args, result: dict) -> None:
     units = [(i, j) for i in range(n_layers) for j in range(width)]
     index = {u: i for i, u in enumerate(units)}
     points = [b.mlp.down_proj for b in model.model.layers]
+    position = neuron_position(task, args.position)
     load_start = _load()
     costs: dict[str, float] = {}
-    gd, costs["graddrop"] = timed(graddrop, f, task, points, None, -1)
+    gd, costs["graddrop"] = timed(graddrop, f, task, points, None, position)
     costs["first_order"] = costs["graddrop"] / (n_layers + 1)  # one of its 31 backward passes
-    inp, costs["input_4"] = timed(neuron_input_path, f, task, points, 4)
+    inp, costs["input_4"] = timed(neuron_input_path, f, task, points, 4, position)
     screens = {
         "first_order": np.abs(gd[0].mean(0)),
         "input_4": np.abs(inp.mean(0)),
         "graddrop_max": np.abs(gd.mean(1)).max(0),
     }
     screens["combined"] = np.maximum(screens["first_order"], screens["input_4"])
-    patcher = NeuronPatcher(f, task, copies=max(64, 512 // len(task)))
+    screens["combined_graddrop"] = np.maximum(screens["combined"], screens["graddrop_max"])
+    patcher = NeuronPatcher(f, task, position, copies=max(64, 512 // len(task)))
     rng = np.random.default_rng(args.seed)
     sample = [units[i] for i in rng.choice(len(units), size=args.sample, replace=False)]
     tops = {u for s in screens.values() for u in (units[i] for i in np.argsort(-s)[: args.top_n])}
@@ -398,6 +416,7 @@ def run_neurons(f, task, args, result: dict) -> None:
             }
         verify[name] = entry
     known = {u: float(patcher.cache[u].mean()) for u in patcher.cache}
+    stat_units = units if args.full else sample
     ordered = sorted(known, key=lambda u: -abs(known[u]))
     rank = {u: i + 1 for i, u in enumerate(ordered)}
     for name, entry in verify.items():
@@ -416,7 +435,8 @@ def run_neurons(f, task, args, result: dict) -> None:
     load_end = _load()
     result["units"]["neurons"] = {
         "n_units": len(units),
-        "position": "final",
+        "position": args.position,
+        "position_index": position,
         "truth": "exact patching of every neuron"
         if args.full
         else f"exact patching of {len(patcher.cache)} neurons: a uniform random sample of "
@@ -443,6 +463,14 @@ def run_neurons(f, task, args, result: dict) -> None:
         "sample_effects_abs_quantiles": np.quantile(
             [abs(known[u]) for u in sample], [0.5, 0.9, 0.99, 1.0]
         ).tolist(),
+        "per_pair": {  # the uniform sample (every neuron with --full), for the statistics
+            "units": [list(u) for u in stat_units],
+            **{
+                name: np.round(values[:, [index[u] for u in stat_units]], 7).tolist()
+                for name, values in (("first_order", gd[0]), ("input_4", inp))
+            },
+            "effect": np.round(np.stack([patcher.cache[u] for u in stat_units], 1), 7).tolist(),
+        },
     }
 
 
@@ -596,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=2000, help="neurons: random sample size")
     parser.add_argument("--full", action="store_true", help="neurons: patch every neuron")
     parser.add_argument("--top-n", type=int, default=100, help="neurons: top N of each screen")
+    parser.add_argument(
+        "--position", choices=("final", "subject"), default="final",
+        help="neurons: the final position, or the last one where the prompts differ",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path)
     parser.add_argument("--replay", type=Path, nargs="*", help="replay the rule on head files")
     parser.add_argument("--markdown", type=Path, nargs="*", help="print tables of these files")
