@@ -48,6 +48,7 @@ import inspect
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -296,7 +297,7 @@ def _dispatch(
         return [e * weights[0] for e in effects], "reverse"
     bar = None
     if integrated:
-        n_rows = readout.n_probes or n_outputs
+        n_rows = _rows_count(job, readout, n_outputs)
         passes = pass_counts(len(job.layers), n_rows, n_tangents, True)[chosen]
         n_units = n_tangents // len(alphas)
         if warn_cost and passes > n_units + 1:
@@ -390,6 +391,16 @@ def _input_path(
             captured=(output, activations),
         )
     return effects, "reverse"
+
+
+def _rows_count(job: ScoringJob, readout: Readout, n_outputs: int) -> int:
+    """Vector-Jacobian products per recorded pass: ``K``, or with probes the exact rows of
+    ``probe_exact`` and the ``n_probes`` (:meth:`Readout.rows_count`), counted from the
+    output's shape as the last run saw it."""
+    if readout.n_probes is None:
+        return n_outputs
+    shaped = replace(readout, output_shape=getattr(job.run, "output_shape", None))
+    return shaped.rows_count(torch.empty(0, n_outputs, device="meta"))
 
 
 def _warn_cost(cost: str, n_units: int, alternative: str) -> None:

@@ -103,6 +103,39 @@ def test_score_and_validate_on_digits(digits_weights, tmp_path, capsys):
     assert "loudness" in _error_line(capsys)
 
 
+def test_score_and_validate_take_target_norm_and_n_probes(digits_weights, tmp_path, capsys):
+    from captum_gndi import compute_gndi
+    from captum_gndi.cli import build_parser
+    from captum_gndi.cli.loaders import prepare_scoring
+
+    common = ["--model", "digits-resnet", "--weights", digits_weights, "--limit", "24",
+              "--batch-size", "12", "--kind", "branch", "--quiet"]  # fmt: skip
+    out_dir = tmp_path / "scores"
+    argv = ["score", *common, "--criteria", "gndi", "--norm", "fisher", "--n-probes", "4"]
+    assert main([*argv, "--out", str(out_dir)]) == 0
+    rows = [line.split(",") for line in (out_dir / "scores.csv").read_text().splitlines()[1:]]
+    # the same model, data and layers through the API: compute_gndi with the same options
+    loaded, loader, layers = prepare_scoring(build_parser().parse_args(argv))
+    direct = compute_gndi(
+        loaded.model, loader, layers, norm="fisher", n_probes=4, progress=False,
+        check_first_order=0,
+    )  # fmt: skip
+    assert [row[0] for row in rows] == direct.names
+    printed = torch.tensor([float(row[2]) for row in rows], dtype=torch.float64)
+    expected = torch.stack([direct.mean[name] for name in direct.names]).double()
+    torch.testing.assert_close(printed, expected)
+    capsys.readouterr()
+    assert main(["score", *common, "--criteria", "gndi", "--norm", "l1", "--n-probes", "4"]) == 2
+    assert "use norm=2 or norm='fisher' with n_probes" in _error_line(capsys)
+
+    parsed = build_parser().parse_args(
+        ["validate", "--model", "m", "--target", "predicted", "--norm", "3", "--n-probes", "2"]
+    )
+    assert (parsed.target, parsed.norm, parsed.n_probes) == ("predicted", 3.0, 2)
+    verify = build_parser().parse_args(["verify", "--model", "m", "--target", "4"])
+    assert verify.target == 4 and not hasattr(verify, "norm")
+
+
 # ------------------------------------------------------------------------------------------------
 # one word per concept, and the old spellings (accepted for one release, with a warning)
 

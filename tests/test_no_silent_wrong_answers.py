@@ -281,7 +281,8 @@ def test_memory_guard_in_every_engine_and_granularity(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. target, norm and n_probes reach the pruning scorer and the CLI
+# 9. target, norm and n_probes reach every entry point: the pruning scorer, the criteria,
+#    validate and the CLI; the pass count covers the criteria and probe_exact
 # ---------------------------------------------------------------------------------------------
 
 
@@ -326,6 +327,124 @@ def test_channel_importance_takes_target_norm_and_n_probes():
     )
     assert (args.target, args.norm, args.n_probes) == ("label", "fisher", 16)
     assert build_parser().parse_args(["prune", "--model", "m", "--target", "3"]).target == 3
+
+
+def _conv_model_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.Flatten(), nn.Linear(20, 6)
+    )
+    x = torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    return model.double().eval(), DataLoader(TensorDataset(x.double(), labels), batch_size=3)
+
+
+@pytest.mark.filterwarnings("ignore:Per-unit path integration")
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+@pytest.mark.parametrize(
+    "options, keywords",
+    [
+        (dict(norm="fisher", n_probes=8), dict(norm="fisher", n_probes=8)),
+        (dict(norm="fisher"), dict(norm="fisher")),
+        (dict(gndi_target="label", norm="l1"), dict(target="label", norm="l1")),
+        (dict(gndi_target=3, n_probes=2), dict(target=3, n_probes=2)),
+        (dict(n_probes=3, seed=5), dict(n_probes=3, probe_seed=5)),
+    ],
+)
+def test_criteria_take_gndi_target_norm_and_n_probes(granularity, options, keywords):
+    from captum_gndi.criteria import CriterionSettings, score_criteria
+
+    model, data = _conv_model_and_data()
+    layers = ["0", "2"]
+    settings = CriterionSettings(granularity=granularity, n_steps=4, progress=False, **options)
+    scores, per_example = score_criteria(
+        model, data, layers, ["gndi", "gndi_path"], settings=settings
+    )
+    for criterion, n_steps in [("gndi", 1), ("gndi_path", 4)]:
+        direct = compute_gndi(
+            model, data, layers, granularity=granularity, n_steps=n_steps, progress=False,
+            check_first_order=0, **keywords,
+        )  # fmt: skip
+        expected = torch.cat([direct.mean[name].reshape(-1) for name in layers])
+        assert expected.shape == scores[criterion].shape and expected.abs().min() > 0
+        torch.testing.assert_close(torch.as_tensor(scores[criterion]), expected.double())
+        assert per_example[criterion].shape == (6, len(expected))
+
+
+def test_criteria_options_of_gndi_are_checked_once_with_the_fix():
+    from captum_gndi.criteria import CriterionSettings, score_criteria
+
+    with pytest.raises(ValueError, match="use norm=2 or norm='fisher' with n_probes"):
+        CriterionSettings(norm="l1", n_probes=4)
+    with pytest.raises(ValueError, match="n_probes must be an integer >= 1"):
+        CriterionSettings(n_probes=0)
+    with pytest.raises(TypeError, match="is a bool, not a norm"):
+        CriterionSettings(norm=True)
+    with pytest.raises(ValueError, match="drop gndi_target"):
+        CriterionSettings(norm="fisher", gndi_target=2)
+    with pytest.raises(ValueError, match="gndi_target .the output G-NDI measures. must be None"):
+        CriterionSettings(gndi_target="logits")
+    model, data = _conv_model_and_data()
+    unlabelled = [x for x, _ in data]
+    with pytest.raises(ValueError, match="gndi_target='label' .* the batches have no labels"):
+        score_criteria(model, unlabelled, ["0"], "gndi", gndi_target="label", progress=False)
+
+
+def test_validate_takes_gndi_target_norm_and_n_probes():
+    from captum_gndi.validation import validate
+
+    model, data = _conv_model_and_data()
+    report = validate(
+        model, data, ["0", "2"], ["gndi"], damage=["output_delta"], granularity="channel",
+        progress=False, n_boot=20, norm="fisher", n_probes=4, gndi_target=None,
+    )  # fmt: skip
+    direct = compute_gndi(
+        model, data, ["0", "2"], granularity="channel", norm="fisher", n_probes=4,
+        progress=False, check_first_order=0,
+    )  # fmt: skip
+    expected = torch.cat([direct.mean["0"], direct.mean["2"]]).double()
+    torch.testing.assert_close(torch.as_tensor(report.scores["gndi"]), expected)
+    assert report.metadata["norm"] == "fisher" and report.metadata["n_probes"] == 4
+    with pytest.raises(ValueError, match="use norm=2 or norm='fisher' with n_probes"):
+        validate(model, data, ["0"], ["gndi"], norm="linf", n_probes=4, progress=False)
+
+
+def test_probe_exact_rows_count_in_the_pass_estimate(model, x, monkeypatch):
+    import captum_gndi.engine as engine
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, disable):
+            self.total, self.done = total, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.done += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(engine, "tqdm", Bar)
+    gndi = LayerGNDI(model, model.linear1)  # 4 channels, 3 logits (one output position)
+    with pytest.warns(UserWarning, match="about 40 passes in reverse mode") as caught:
+        gndi.attribute(
+            x, granularity="channel", n_steps=2, n_probes=2, probe_exact=1, mode="reverse"
+        )
+    # 4 channels x 2 steps, each one recorded pass and (1 + 1) exact rows + 2 probes
+    assert sum("passes" in str(w.message) for w in caught) == 1
+    assert [(bar.total, bar.done) for bar in bars] == [(4 * 2 * (1 + 2 + 2), 40)]
+
+
+def test_criteria_path_warns_about_its_passes_once():
+    from captum_gndi.criteria import score_criteria
+
+    model, data = _conv_model_and_data()  # two batches
+    with pytest.warns(UserWarning, match="Per-unit path integration") as caught:
+        score_criteria(
+            model, data, ["0"], "gndi_path", granularity="channel", n_steps=4, progress=False
+        )
+    assert sum("Per-unit path integration" in str(w.message) for w in caught) == 1
 
 
 # ---------------------------------------------------------------------------------------------

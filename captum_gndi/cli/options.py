@@ -26,6 +26,7 @@ __all__ = [
     "add_model_options",
     "add_output_options",
     "add_scoring_options",
+    "criterion_targets",
     "known_criteria",
     "unit_granularity",
     "warn",
@@ -104,6 +105,27 @@ def known_criteria() -> dict[str, str]:
     from ..criteria import available_criteria
 
     return available_criteria()
+
+
+def criterion_targets(args: argparse.Namespace, text_model: bool) -> dict[str, Any]:
+    """The criteria's ``gndi_target``, ``norm``, ``n_probes`` and ``target`` from ``--target``,
+    ``--norm`` and ``--n-probes`` (as ``prune`` reads them).
+
+    Args:
+        args: Parsed arguments of ``score`` or ``validate``.
+        text_model: A model without class labels (a sentence encoder): the loss- and
+            logit-based criteria then get no target unless ``--target`` names one.
+
+    Returns:
+        Keyword arguments of :class:`~captum_gndi.criteria.CriterionSettings`.
+    """
+    default = None if text_model else "label"
+    return {
+        "gndi_target": args.target,
+        "norm": args.norm,
+        "n_probes": args.n_probes,
+        "target": default if args.target is None else args.target,
+    }
 
 
 def unit_granularity(args: argparse.Namespace) -> str:
@@ -217,22 +239,40 @@ def _target(text: str) -> str | int | None:
         ) from error
 
 
-def add_output_options(parser: argparse.ArgumentParser | Any) -> None:
+def _norm(text: str) -> str | float:
+    """``--norm``: a name (l1, l2, linf, fisher) or a number, which the API wants as a float."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def add_output_options(parser: argparse.ArgumentParser | Any, with_norm: bool = True) -> None:
     """``--target``, ``--norm``, ``--n-probes``: which output G-NDI measures, and how.
+
+    Declared here only, for ``prune``, ``score`` and ``validate`` (``verify`` takes ``--target``
+    alone: its screen ranks units by the L2 change that its damage measures). ``--target`` is
+    also the class of the loss- and logit-based criteria (Taylor, SNIP, ...; ``label`` when it
+    is ``none``).
 
     Args:
         parser: A subcommand's parser or one of its argument groups.
+        with_norm: Add ``--norm`` and ``--n-probes`` too.
     """
     parser.add_argument(
         "--target",
         type=_target,
         default=None,
         metavar="{none,label,predicted,INDEX}",
-        help="output G-NDI measures: none (every output, default), each image's label, the "
-        "predicted class, or one class index (one backward pass instead of one per output)",
+        help="output G-NDI measures: none (every output, default), each example's label, the "
+        "predicted class, or one class index (one backward pass instead of one per output); "
+        "the class of the loss- and logit-based criteria too (label when none)",
     )
+    if not with_norm:
+        return
     parser.add_argument(
         "--norm",
+        type=_norm,
         default="l2",
         help="norm over the output: l1, l2 (default), linf, a number p >= 1, or fisher",
     )
@@ -247,8 +287,9 @@ def add_output_options(parser: argparse.ArgumentParser | Any) -> None:
 def add_scoring_options(parser: argparse.ArgumentParser, default_criteria: str | None) -> None:
     """The scoring group of ``score`` and ``validate``.
 
-    ``--criteria``, ``--baseline``, ``--granularity``, ``--n-channels``, ``--n-steps``,
-    ``--seed``, ``--device`` and ``--quiet``, plus the deprecated ``--methods`` and ``--level``.
+    ``--criteria``, ``--baseline``, ``--target``, ``--norm``, ``--n-probes``, ``--granularity``,
+    ``--n-channels``, ``--n-steps``, ``--seed``, ``--device`` and ``--quiet``, plus the
+    deprecated ``--methods`` and ``--level``.
 
     Args:
         parser: A subcommand's parser.
@@ -257,6 +298,7 @@ def add_scoring_options(parser: argparse.ArgumentParser, default_criteria: str |
     run = parser.add_argument_group("scoring")
     add_criteria_option(run, default_criteria)
     add_baseline_option(run)
+    add_output_options(run)
     run.add_argument(
         "--granularity",
         action=GranularityOption,

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from .loaders import prepare_scoring, split_names
-from .options import add_model_options, add_scoring_options, unit_granularity
+from .options import add_model_options, add_scoring_options, criterion_targets, unit_granularity
 
 __all__ = ["add_parser", "run"]
 
-_EPILOG = """example:
+_EPILOG = """examples:
   captum-gndi score --model cifar-resnet20 --weights resnet20.th --kind branch --criteria gndi,snip
+  # G-NDI as the Fisher norm of the softmax, estimated from 8 random probes per batch
+  captum-gndi score --model cifar-resnet20 --kind branch --norm fisher --n-probes 8
 """
 
 
@@ -71,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
         layers,
         criteria=split_names(args.criteria),
         baseline=args.baseline,
-        target="label" if loaded.tokenizer is None else None,
         units=units,
         seed=args.seed,
         n_steps=args.n_steps,
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         skip_undefined=True,
+        **criterion_targets(args, text_model=loaded.tokenizer is not None),
     )
     columns = {m: (v.mean(0) if v.ndim == 2 else v) for m, v in scores.items()}
     rows = [

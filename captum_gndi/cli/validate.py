@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from .loaders import prepare_scoring, split_names
-from .options import add_model_options, add_scoring_options, known_criteria, unit_granularity
+from .options import (
+    add_model_options,
+    add_scoring_options,
+    criterion_targets,
+    known_criteria,
+    unit_granularity,
+)
 
 __all__ = ["add_parser", "load_layer_mask", "run"]
 
@@ -98,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         out_dir=args.out,
-        target="label" if loaded.tokenizer is None else None,
         n_steps=args.n_steps,
         channel_dim=loaded.channel_dim,
         n_boot=args.n_boot,
         metadata={"model": args.model, "data": args.data or loaded.data},
         layer_mask=layer_mask,
+        **criterion_targets(args, text_model=loaded.tokenizer is not None),
     )
     print(report.to_markdown())
     print(f"\nreport written to {Path(args.out).resolve()}")

@@ -9,7 +9,13 @@ from typing import Any
 
 from ..interventions import DAMAGE_METRICS
 from .loaders import check_counts, prepare_scoring
-from .options import GRANULARITIES, GranularityOption, add_baseline_option, add_model_options
+from .options import (
+    GRANULARITIES,
+    GranularityOption,
+    add_baseline_option,
+    add_model_options,
+    add_output_options,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -57,6 +63,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="one unit per channel, or per layer (default channel)",
     )
     add_baseline_option(group)
+    add_output_options(group, with_norm=False)
     group.add_argument(
         "--damage",
         choices=DAMAGE_METRICS,
@@ -115,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         audit=args.audit,
         units_per_pass=args.units_per_pass,
         channel_dim=loaded.channel_dim,
+        target=args.target,
         device=args.device,
         progress=not args.quiet,
         seed=args.seed,

@@ -32,9 +32,13 @@ random                      uniform random numbers, one row per seed ``(S, U)``
 Criteria marked * are defined per example.
 
 ``L`` is the cross-entropy with the labels, ``y_t`` the target logit (``target="label"``), ``h``
-the unit's activation and ``b`` its baseline. The controls ``depth``, ``param_count``,
-``activation_change``, ``random`` and ``grad_x_activation`` (:data:`CONTROL_CRITERIA`) are
-ordinary criteria whose names the statistics treat as controls.
+the unit's activation and ``b`` its baseline. G-NDI's output and norm are settings of their own
+(``gndi_target``, ``norm``, ``n_probes``; default the L2 norm over the whole output, as in the
+table), with the meaning of ``compute_gndi``'s ``target``, ``norm`` and ``n_probes``.
+
+The controls ``depth``, ``param_count``, ``activation_change``, ``random`` and
+``grad_x_activation`` (:data:`CONTROL_CRITERIA`) are ordinary criteria whose names the statistics
+treat as controls.
 
 At group granularity (``layer_mask``, Captum's ``LayerFeatureAblation`` semantics; see
 :mod:`~captum_gndi.criteria.groups`) "the unit" is the group's elements ``1[M = g]``: ``gndi`` and

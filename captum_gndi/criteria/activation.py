@@ -17,8 +17,10 @@ from torch import Tensor
 
 from .._captum_compat import integration_points
 from ..baselines import resolve_layer_baseline
-from ..engine import compute_effects, effect_norms
+from ..engine import compute_effects
 from ..interventions import intervene
+from ..readouts import make_readout
+from ..runs import batch_target
 from ..units import unit_index
 from .context import (
     CriterionBatch,
@@ -42,17 +44,25 @@ def _gndi_scores(
 ) -> CriterionResult:
     """G-NDI of every unit from the engine, one batch at a time.
 
+    The settings' ``gndi_target``, ``norm`` and ``n_probes`` (with ``seed + i`` as the probe
+    seed of batch ``i``) read the output as :func:`captum_gndi.compute_gndi` does, so the
+    scores equal its per-example scores. The engine's pass-count warning (path integration
+    that costs more than exact ablation) is given once, on the first batch.
+
     With ``only_scored`` (path integration, whose cost grows with the number of units), a
     sample of channels is scored as groups: each scored channel its own group, the layer's other
     channels one extra group, so that the engine integrates the scored channels only (each
     channel on its own path, the same numbers as ``granularity="channel"``).
     """
+    s = ctx.settings
     granularity = "group" if ctx.group_level else "channel" if ctx.channel_level else "layer"
     channel_masks: list[Tensor] | None = None
     positions: dict[str, dict[int, int]] = {}
+    readout = make_readout(s.norm, s.n_probes, s.seed)
+    index = 0
 
     def batch_fn(batch: CriterionBatch) -> PerLayer:
-        nonlocal channel_masks
+        nonlocal channel_masks, index
         present: list[Tensor | None] = [None] * len(ctx.layer_names)
         masks: list[Tensor] | None = None
         if granularity == "group":
@@ -61,13 +71,34 @@ def _gndi_scores(
             if channel_masks is None:
                 channel_masks = _scored_channel_masks(ctx, batch.inputs, positions)
             masks = channel_masks or None
-        job = ctx.scoring_job(batch.inputs, masks)
+        if s.gndi_target == "label" and batch.labels is None:
+            raise ValueError(
+                "gndi_target='label' measures each example's labelled output, but the batches "
+                "have no labels; pass batches of (inputs, labels), a class index, 'predicted', "
+                "or gndi_target=None (the whole output)."
+            )
+        target = batch_target(ctx.model, batch.inputs, batch.labels, s.gndi_target)
+        job = ctx.scoring_job(batch.inputs, masks, target)
+        readout.seed = s.seed + index
         effects, _ = compute_effects(
-            job, "auto", "group" if masks else granularity, alphas, weights
+            job,
+            "auto",
+            "group" if masks else granularity,
+            alphas,
+            weights,
+            readout=readout,
+            progress=s.progress,
+            warn_cost=index == 0,
         )
+        index += 1
+        reference = None
+        if readout.fisher and readout.n_probes is None:
+            with torch.no_grad():
+                reference = job.run()
+            readout.output_shape = getattr(job.run, "output_shape", None)
         norms = {}
         for name, effect, ids in zip(ctx.layer_names, effects, present):
-            score = effect_norms(effect, 2.0)
+            score = readout.scores(effect, reference)
             norms[name] = expand_columns(score, ids, ctx.n_groups.get(name, 0))
 
         def per_layer(name: str, channels: list[int | None]) -> Tensor:
@@ -112,7 +143,9 @@ def gndi(ctx: CriterionContext) -> CriterionResult:
     """First-order G-NDI ``|| J_{>L}(x) (h - b) ||_2`` over the whole output, per example.
 
     Layer units use the whole layer's ``h - b``; channel units keep ``h - b`` on that channel only
-    (``granularity="channel"`` of :func:`captum_gndi.engine.compute_effects`).
+    (``granularity="channel"`` of :func:`captum_gndi.engine.compute_effects`). The settings'
+    ``gndi_target``, ``norm`` and ``n_probes`` choose the output and the norm (default: L2 over
+    the whole output), as ``compute_gndi``'s ``target``, ``norm`` and ``n_probes`` do.
 
     Args:
         ctx: The context (see :func:`~captum_gndi.criteria.build_context`).

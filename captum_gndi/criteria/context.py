@@ -94,8 +94,9 @@ class CriterionContext:
         named: Layer name -> intervention point.
         units: The units to score (whole layers or channels), in forward order.
         baselines: Layer name -> layer baseline (``do(h := b)``).
-        settings: The options (target, ``n_steps``, ``method``, seeds, ``channel_dim``,
-            progress, batch limit), with ``device`` resolved to a ``torch.device``.
+        settings: The options (target, G-NDI's ``gndi_target``, ``norm`` and ``n_probes``,
+            ``n_steps``, ``method``, seeds, ``channel_dim``, progress, batch limit), with
+            ``device`` resolved to a ``torch.device``.
         layer_masks: Layer name -> its data-set ``layer_mask`` (as many dimensions as the
             activation; batch dimension 1 or one row per example) for group units.
         n_groups: Layer name -> its number of groups G.
@@ -187,20 +188,24 @@ class CriterionContext:
         return unit_sums(values, keys, self.settings.channel_dim)
 
     def scoring_job(
-        self, inputs: tuple[Tensor, ...], layer_masks: Sequence[Tensor | None] | None = None
+        self,
+        inputs: tuple[Tensor, ...],
+        layer_masks: Sequence[Tensor | None] | None = None,
+        target: Any = None,
     ) -> ScoringJob:
         """The engine's job for one batch: the model on ``inputs``, every scored layer.
 
         Args:
             inputs: The batch's inputs.
             layer_masks: One engine mask per scored layer (``"group"`` granularity).
+            target: The batch's Captum target of the run's output (``None``: the whole output).
 
         Returns:
             The job.
         """
         names = self.layer_names
         return ScoringJob(
-            run=make_runner(self.model, inputs, None, None),
+            run=make_runner(self.model, inputs, None, target),
             layers=[self.named[n] for n in names],
             labels=names,
             baselines=[self.baselines[n] for n in names],
@@ -299,7 +304,8 @@ def build_context(
             :func:`~captum_gndi.interventions.selection.select_units` with the settings'
             ``granularity``, ``n_channels``, ``seed``, ``channel_dim`` and ``layer_mask``).
         **options: Fields of :class:`CriterionSettings` (``granularity``, ``baseline``,
-            ``target``, ``n_channels``, ``seed``, ``n_random``, ``n_steps``, ``method``,
+            ``target``, ``gndi_target``, ``norm``, ``n_probes``, ``n_channels``, ``seed``,
+            ``n_random``, ``n_steps``, ``method``,
             ``channel_dim``, ``device``, ``progress``, ``max_batches``, ``layer_mask``), replacing
             those of ``settings``.
 
@@ -307,9 +313,9 @@ def build_context(
         The :class:`CriterionContext`.
 
     Raises:
-        ValueError: For ``n_steps`` or ``n_random`` below 1, an unknown target or integration
-            rule, layers that are not in the model, group units without a ``layer_mask``, or a
-            mask the engine rejects.
+        ValueError: For ``n_steps`` or ``n_random`` below 1, an unknown target, ``gndi_target``,
+            norm or integration rule, ``n_probes`` the norm cannot take, layers that are not in
+            the model, group units without a ``layer_mask``, or a mask the engine rejects.
         TypeError: For an unknown option.
 
     Examples:

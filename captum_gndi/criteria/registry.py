@@ -181,8 +181,10 @@ def score_criteria(
             by ``layer_mask``), ``baseline`` (``"zero"``, ``"mean"``, a number or a dict; used
             by G-NDI, gradient x activation and activation change), ``target`` (``"label"``,
             ``"predicted"``, a class index, or ``None``: the loss- and logit-based criteria
-            are then undefined; G-NDI always takes the norm over the whole output),
-            ``n_channels``, ``seed``, ``n_random``, ``n_steps`` and ``method`` (the path
+            are then undefined), ``gndi_target``, ``norm`` and ``n_probes`` (the output G-NDI
+            measures and its norm, as ``compute_gndi``'s ``target``, ``norm`` and
+            ``n_probes``: default the L2 norm over the whole output), ``n_channels``, ``seed``
+            (also G-NDI's probe seed), ``n_random``, ``n_steps`` and ``method`` (the path
             criteria's points and Captum rule), ``channel_dim``, ``device``, ``progress``,
             ``max_batches`` and ``layer_mask`` (groups as units, Captum's
             ``LayerFeatureAblation`` semantics).
@@ -199,6 +201,7 @@ def score_criteria(
         ...                                      criteria=["gndi", "snip", "depth"])
         >>> scores["gndi"].shape, per_example["gndi"].shape
         ((8,), (512, 8))
+        >>> fisher, _ = score_criteria(model, loader, layers, "gndi", norm="fisher", n_probes=8)
     """
     if integration is not None:
         warnings.warn(
@@ -238,6 +241,7 @@ def channel_scores(
     device: torch.device | str | None = None,
     progress: bool = True,
     max_batches: int | None = None,
+    **options: Any,
 ) -> dict[str, np.ndarray]:
     """One criterion's score for every channel of every layer (e.g. to rank filters to prune).
 
@@ -255,6 +259,8 @@ def channel_scores(
         device: Where to run.
         progress: Show progress bars.
         max_batches: Use at most this many batches.
+        **options: Other fields of :class:`~captum_gndi.criteria.CriterionSettings`, e.g.
+            G-NDI's ``gndi_target``, ``norm`` and ``n_probes``.
 
     Returns:
         Dict layer name -> scores of shape ``(C,)`` (higher: more important).
@@ -282,6 +288,7 @@ def channel_scores(
         device=device,
         progress=progress,
         max_batches=max_batches,
+        **options,
     )
     scores, _ = CRITERIA[name](ctx)
     scores = scores[0] if scores.ndim == 2 else scores

@@ -20,7 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from ..baselines import LayerBaseline
-from ..criteria import UndefinedCriterion, build_context, check_criteria, score_each
+from ..criteria import (
+    CriterionSettings,
+    UndefinedCriterion,
+    build_context,
+    check_criteria,
+    score_each,
+)
 from ..criteria.groups import LayerMask
 from ..interventions.damage import LABELLED_DEFAULT, UNLABELLED_DEFAULT
 from ..interventions.model_state import preserve_model
@@ -58,6 +64,9 @@ def validate(
     layer_mask: LayerMask | None = None,
     direction: str = "noising",
     metric: Callable[[Any, Tensor], Tensor] | None = None,
+    gndi_target: DataTarget = None,
+    norm: str | float = "l2",
+    n_probes: int | None = None,
 ) -> ValidationReport:
     """Check how well importance criteria predict the damage of true interventions.
 
@@ -111,6 +120,13 @@ def validate(
             reason (:func:`~captum_gndi.validation.patching.validate_patching`; ``baseline``,
             ``damage``, ``target`` and ``layer_mask`` are not used).
         metric: With patching data: ``metric(output, answers)`` with a plain model.
+        gndi_target: The output the G-NDI criteria measure (``None``: the whole output, a class
+            index, ``"label"`` or ``"predicted"``; ``compute_gndi``'s ``target``).
+        norm: G-NDI's norm over the output (``"l2"``, ``"l1"``, ``"linf"``, ``p >= 1`` or
+            ``"fisher"``).
+        n_probes: Estimate G-NDI's squared L2 / Fisher norm from this many random
+            vector-Jacobian products per batch (see
+            :class:`~captum_gndi.criteria.CriterionSettings`).
 
     Returns:
         The :class:`~captum_gndi.validation.report.ValidationReport`.
@@ -131,6 +147,11 @@ def validate(
         )
         criteria = methods
     if is_patching_data(data):
+        if gndi_target is not None or norm != "l2" or n_probes is not None:
+            raise ValueError(
+                "With patching data G-NDI is the signed first-order effect on the metric "
+                "model's one number per pair; drop gndi_target=, norm= and n_probes=."
+            )
         if baseline not in (None, "zero") or damage is not None or layer_mask is not None:
             raise ValueError(
                 "With patching data the baseline of a unit is its activation on the other "
@@ -144,6 +165,10 @@ def validate(
         )  # fmt: skip
     named = resolve_layers(model, layers)
     method_names = check_criteria(criteria)
+    CriterionSettings(  # the options' checks, before the ablations
+        target=target, gndi_target=gndi_target, norm=norm, n_probes=n_probes, n_steps=n_steps,
+        n_random=n_random,
+    )  # fmt: skip
     device = resolve_device(model, device)
     has_labels = first_batch(data, device)[1] is not None
     if damage is None:
@@ -166,6 +191,9 @@ def validate(
         granularity=granularity,
         baseline=specs,
         target=target,
+        gndi_target=gndi_target,
+        norm=norm,
+        n_probes=n_probes,
         units=units,
         seed=seed,
         n_random=n_random,
@@ -206,6 +234,13 @@ def validate(
         "skipped": skipped,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
+    for key, value, default in [
+        ("gndi_target", gndi_target, None),
+        ("norm", norm, "l2"),
+        ("n_probes", n_probes, None),
+    ]:
+        if value != default:
+            info[key] = value
     if "ground_truth" in ablation.settings:
         info["ground_truth"] = ablation.settings["ground_truth"]
     report = build_report(
