@@ -10,7 +10,9 @@ intervention code): the brute-force truth. Each candidate screen scores every he
 - ``graddrop_max`` / ``graddrop_atp``: AtP*'s GradDrop (Kramar et al. 2024) against
   cancellation: one clean forward pass, then one backward pass per layer ``l`` with the gradient
   through layer ``l``'s residual contributions (its attention and MLP outputs) zeroed; ``max``
-  takes the largest ``|mean estimate|`` over the undropped and the 30 dropped versions,
+  takes the largest ``|mean estimate|`` over the undropped and the 30 dropped versions (the
+  package's ``verify_top_k(screen="graddrop")``, which scores it; ``graddrop`` below is the
+  plain-hooks reference, checked against it),
   ``atp`` is AtP*'s own ``sum_l |estimate_l| / (L - 1)`` per prompt pair, then averaged;
 - ``combined``: ``max(|first order|, |input_4|)`` per head (on the metric's scale), and
   ``interleave``: the order of the smaller of the two ranks (score ``1 / min rank``).
@@ -45,8 +47,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captum_gndi import tasks, zoo
+from captum_gndi import find_layers, tasks, zoo
 from captum_gndi.verify import screen_and_verify
+from captum_gndi.verify.graddrop import graddrop_effects
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from smollm2_patching import estimate, exact_patching  # noqa: E402
@@ -80,7 +83,13 @@ def graddrop(f, task, points, n_heads: int | None, position: int | None = None) 
     with every gradient, row ``1 + l`` with the gradient through block ``l``'s attention and MLP
     outputs zeroed (GradDrop). ``points`` are the modules whose *input* holds the units (heads:
     ``o_proj``, ``n_heads`` slices of the last dimension summed over positions; neurons:
-    ``down_proj``, every channel at ``position``)."""
+    ``down_proj``, every channel at ``position``).
+
+    The reference, with plain hooks, of the package's ``screen="graddrop"``
+    (:func:`captum_gndi.verify.graddrop.graddrop_effects`, which gives minus the mean of these
+    rows): the head runs score with the package and record the largest difference; the neuron
+    runs (one position of ``down_proj``'s input, which the package's layers cannot select) and
+    ``graddrop_atp`` (per pair) use this."""
     model = f.model
     blocks = list(model.model.layers)
     corrupted = capture_inputs(f, task.corrupted, task.answers, points)
@@ -209,13 +218,17 @@ def run_heads(f, task, n_heads: int, steps: list[int], result: dict) -> None:
             estimate, f, task, "heads", n_heads, n_steps=m, path="input"
         )
         print(f"input_{m} {costs[f'input_{m}']:.1f} s", flush=True)
-    points = [b.self_attn.o_proj for b in model.model.layers]
-    gd, costs["graddrop"] = timed(graddrop, f, task, points, n_heads)
+    rows, costs["graddrop"] = timed(
+        graddrop_effects, f, task, find_layers(model, "head"), channel_dim=2
+    )  # the package's screen="graddrop": (1 + L) rows of mean J (h - b), layer x head
+    package = torch.stack(list(rows.values()), 1).flatten(1).numpy()
     print(f"graddrop {costs['graddrop']:.1f} s", flush=True)
+    points = [b.self_attn.o_proj for b in model.model.layers]
+    gd, costs["graddrop_reference"] = timed(graddrop, f, task, points, n_heads)
     load_end = _load()
     agree = float(np.abs(gd[0].mean(0) - est["first_order"].mean(0)).max())
     screens = {name: np.abs(e.mean(0)) for name, e in est.items()}
-    screens["graddrop_max"] = np.abs(gd.mean(1)).max(0)
+    screens["graddrop_max"] = np.abs(package).max(0)
     screens["graddrop_atp"] = (np.abs(gd[1:]).sum(0) / (n_layers - 1)).mean(0)
     inp = f"input_{steps[0]}"
     screens.update(combine(screens["first_order"], screens[inp]))
@@ -238,6 +251,7 @@ def run_heads(f, task, n_heads: int, steps: list[int], result: dict) -> None:
         "pass_note": "forward or backward passes over the N pairs; exact = one patched forward "
         "per head (+ the clean run)",
         "graddrop_row0_vs_first_order_max_abs_diff": agree,
+        "graddrop_package_vs_reference_max_abs_diff": float(np.abs(package + gd.mean(1)).max()),
         "screens": screen_table(screens, true_abs, names),
         "true_mean": true_mean.tolist(),
         "screen_scores": {k: v.tolist() for k, v in screens.items()},
@@ -476,7 +490,7 @@ def run_neurons(f, task, args, result: dict) -> None:
 
 def run_verify(f, task, args, result: dict) -> None:
     """The package's own ``verify_top_k`` on every head with each screen in ``--screens``."""
-    from captum_gndi import find_layers, verify_top_k
+    from captum_gndi import verify_top_k
 
     heads = find_layers(f.model, "head")
     runs = {}
@@ -592,6 +606,7 @@ def replay(paths: list[Path], misses: tuple[float, ...] = (1.0, 0.5, 0.25)) -> s
         "| task | screen | k | " + " | ".join(f"expected_misses={e}" for e in misses) + " |",
         "|---|---|---:|" + "---:|" * len(misses),
     ]
+    totals: dict[str, list[tuple[float, int, float, float]]] = {}
     for path in paths:
         data = json.loads(path.read_text())
         heads = data["units"]["heads"]
@@ -609,8 +624,39 @@ def replay(paths: list[Path], misses: tuple[float, ...] = (1.0, 0.5, 0.25)) -> s
                     )  # fmt: skip
                     recall = len({u[0] for u in res.units} & truth) / k
                     cells.append(f"{res.n_ablations / len(units):.1%}, recall {recall:.2f}")
+                    if e == 1.0:
+                        totals.setdefault(screen, []).append(
+                            (recall, k, res.n_ablations / len(units), screen_cost(heads, screen))
+                        )
                 lines.append(f"| {data['task']} | {screen} | {k} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Over the {len(paths)} files x k = {', '.join(map(str, KS))} at expected_misses=1.0:",
+        "",
+        "| screen | cells with recall 1.0 | true top-k units missed | ablations: mean share "
+        "| screen CPU / exact: mean | ablations + screen: mean | worst cell |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for screen, cells in totals.items():
+        recall, k, share, cost = (np.array(c, dtype=float) for c in zip(*cells))
+        total = share + cost
+        lines.append(
+            f"| {screen} | {int((recall == 1).sum())} of {len(cells)} "
+            f"| {int(round(((1 - recall) * k).sum()))} | {share.mean():.1%} | {cost.mean():.3f} "
+            f"| {total.mean():.3f} | {total.max():.3f} |"
+        )
     return "\n".join(lines)
+
+
+def screen_cost(heads: dict, screen: str) -> float:
+    """A screen's CPU time as a share of exact patching of every head (the package's
+    ``combined_graddrop`` runs the input path and GradDrop, whose row 0 is first order)."""
+    ratio = heads["cpu_ratio_to_exact"]
+    if screen == "graddrop_max":
+        return ratio["graddrop"]
+    if screen == "combined_graddrop":
+        return ratio["input_4"] + ratio["graddrop"]
+    return ratio[screen]
 
 
 def main(argv: list[str] | None = None) -> int:

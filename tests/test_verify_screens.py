@@ -9,6 +9,7 @@ import torch
 
 from captum_gndi import compute_gndi, find_layers, verify_top_k
 from captum_gndi.tasks import PatchingTask, logit_diff
+from captum_gndi.verify.graddrop import graddrop_effects
 from captum_gndi.verify.screens import SCREENS, check_screen
 
 transformers = pytest.importorskip("transformers")
@@ -96,11 +97,17 @@ def test_screen_scores_are_the_documented_estimates(setup):
     path = compute_gndi(
         f, task, heads, granularity="channel", channel_dim=2, n_steps=3, path="input"
     ).stack()
+    rows = graddrop_effects(f, task, heads, channel_dim=2)
+    dropped = torch.stack([r.abs().amax(0) for r in rows.values()])
     expected = {
         "first_order": first.abs(),
         "input": path.abs(),
         "combined": torch.maximum(first.abs(), path.abs()),
+        "graddrop": dropped,
+        "combined_graddrop": torch.maximum(dropped, path.abs()),
     }
+    assert set(expected) == set(SCREENS)
+    torch.testing.assert_close(torch.stack([r[0] for r in rows.values()]), first)
     assert not torch.allclose(first, path)  # the two screens differ on this model
     for screen, want in expected.items():
         result = verify_top_k(
@@ -126,7 +133,7 @@ def test_screen_errors_name_the_fix(setup):
     assert check_screen("auto", True, 4) == "combined"
     assert check_screen("auto", False, 4) == "first_order"
     with pytest.raises(ValueError, match="screen must be 'auto' or one of"):
-        verify_top_k(f, task, heads, k=1, channel_dim=2, screen="graddrop", progress=False)
+        verify_top_k(f, task, heads, k=1, channel_dim=2, screen="gradient", progress=False)
     with pytest.raises(ValueError, match="needs patching data"):
         verify_top_k(model, [task.clean], heads, k=1, channel_dim=2, screen="input")
     assert check_screen("auto", True, 4, embeddings=False) == "first_order"

@@ -39,14 +39,18 @@ from ..baselines import LayerBaseline
 from ..runs import DataTarget
 from ..scoring import compute_gndi
 from ..units import ChannelDim
+from .graddrop import graddrop_effects
 
-__all__ = ["PATCHING_SCREENS", "SCREENS", "check_screen", "screen_scores"]
+__all__ = ["INPUT_PATH_SCREENS", "PATCHING_SCREENS", "SCREENS", "check_screen", "screen_scores"]
 
-SCREENS = ("first_order", "input", "combined")
+SCREENS = ("first_order", "input", "combined", "graddrop", "combined_graddrop")
 """The screens of :func:`captum_gndi.verify_top_k` (``"auto"`` picks one)."""
 
 PATCHING_SCREENS = SCREENS
 """The screens available on patching data; other data has ``"first_order"`` only."""
+
+INPUT_PATH_SCREENS = ("input", "combined", "combined_graddrop")
+"""The screens that integrate along the input path (``n_steps`` points, input embeddings)."""
 
 
 def check_screen(screen: str, patching: bool, n_steps: int, embeddings: bool = True) -> str:
@@ -71,18 +75,24 @@ def check_screen(screen: str, patching: bool, n_steps: int, embeddings: bool = T
             f"screen must be 'auto' or one of {SCREENS} (first-order G-NDI, path='input' "
             f"G-NDI, or the larger of the two per unit), got {screen!r}."
         )
+    if screen == "graddrop" and not patching:
+        raise ValueError(
+            "screen='graddrop' estimates the signed patching effect of every unit with one "
+            "block's gradient dropped, which needs patching data (a PatchingTask); use "
+            "screen='first_order'."
+        )
     if screen != "first_order" and not patching:
         raise ValueError(
             f"screen={screen!r} integrates along the input path from the corrupted to the clean "
             "prompt, which needs patching data (a PatchingTask); use screen='first_order'."
         )
-    if screen != "first_order" and not embeddings:
+    if screen in INPUT_PATH_SCREENS and not embeddings:
         raise ValueError(
             f"screen={screen!r} interpolates the token embeddings from the corrupted to the "
             "clean prompt, but the model has no get_input_embeddings() (nor has any submodule); "
             "use screen='first_order'."
         )
-    if screen != "first_order" and (
+    if screen in INPUT_PATH_SCREENS and (
         isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2
     ):
         raise ValueError(
@@ -142,12 +152,16 @@ def screen_scores(
         "layer_mask": layer_mask,
         "direction": direction,
     }
-    runs = []
+    runs: list[Mapping[str, Tensor]] = []
     if screen in ("first_order", "combined"):
-        runs.append(compute_gndi(model, data, layers, **common))
-    if screen in ("input", "combined"):
-        runs.append(compute_gndi(model, data, layers, n_steps=n_steps, path="input", **common))
+        runs.append(compute_gndi(model, data, layers, **common).mean)
+    if screen in INPUT_PATH_SCREENS:
+        runs.append(compute_gndi(model, data, layers, n_steps=n_steps, path="input", **common).mean)
+    if screen in ("graddrop", "combined_graddrop"):  # row 0 of GradDrop is first order
+        del common["baseline"], common["target"]
+        rows = graddrop_effects(model, data, layers, **common)
+        runs.append({name: r.abs().amax(0) for name, r in rows.items()})
     return {
-        name: torch.stack([run.mean[name].detach().double().abs() for run in runs]).amax(0)
+        name: torch.stack([run[name].detach().double().abs() for run in runs]).amax(0)
         for name in layers
     }
