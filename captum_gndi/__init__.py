@@ -16,6 +16,7 @@ from .adapters import (
     sentence_embedding,
 )
 from .attr import LayerGNDI
+from .captum_metrics import explanation_func, layer_forward_func
 from .interventions import Heads, InterventionError, LayerCall
 from .llm import llm_gndi
 from .scoring import GNDIResult, compute_gndi, mean_activations
@@ -30,9 +31,11 @@ __all__ = [
     "compute_gndi",
     "describe_layers",
     "eager_attention",
+    "explanation_func",
     "expose_heads",
     "find_layers",
     "get_layer",
+    "layer_forward_func",
     "llm_gndi",
     "mean_activations",
     "model_logits",

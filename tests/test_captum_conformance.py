@@ -771,18 +771,127 @@ def test_layer_attribution_interpolate_on_unit_scores():
 
 
 class TestCaptumMetrics:
-    def test_sensitivity_max_with_a_tuple_returning_wrapper(self):
-        model = BasicModel_MultiLayer().double().eval()
-        gndi = LayerGNDI(model, model.linear1)
-        x = torch.tensor([[3.0, 4.0, 0.0], [-1.0, 2.0, 1.0]], dtype=D)
+    """``captum.metrics`` on LayerGNDI (#24 item 12), as Captum's docs write them."""
 
-        def explain(inputs, **kwargs):  # sensitivity_max wants a tuple back for tuple inputs
-            return (gndi.attribute(inputs, **kwargs),)
+    @staticmethod
+    def conv_model() -> tuple[nn.Module, Tensor]:
+        model = randomise_head(BasicModel_ConvNet().double().eval())
+        return model, torch.randn(3, 1, 10, 10, dtype=D, generator=torch.Generator().manual_seed(4))
 
-        still = sensitivity_max(explain, x, target=0, perturb_radius=0.0, n_perturb_samples=3)
-        torch.testing.assert_close(still, torch.zeros(2, dtype=D))
-        moved = sensitivity_max(explain, x, target=0, perturb_radius=0.1, n_perturb_samples=3)
-        assert moved.shape == (2,) and (moved > 0).all() and (moved < 0.2).all()
+    def test_the_plain_idiom_fails_in_captum_for_every_layer_method(self):
+        # sensitivity_max reads the first explanation as a tuple of per-input tensors; Captum's
+        # layer methods return a tensor, so Captum's own LayerGradientXActivation fails alike
+        model, x = self.conv_model()
+        gndi, lgxa = LayerGNDI(model, model.conv2), LayerGradientXActivation(model, model.conv2)
+        for attribute, kwargs in [(gndi.attribute, {"granularity": "unit"}), (lgxa.attribute, {})]:
+            with pytest.raises(RuntimeError, match="size of tensor"):
+                sensitivity_max(attribute, x, target=1, n_perturb_samples=2, **kwargs)
+        units = LayerGNDI(model, model.conv2).attribute(x, target=1, granularity="unit")
+        with pytest.raises(AssertionError, match="matching shapes"):
+            infidelity(model, lambda t: (t * 0.1, t * 0.9), x, units, target=1)
+
+    @pytest.mark.parametrize("granularity", ["layer", "channel", "unit"])
+    def test_sensitivity_max_equals_an_independent_computation(self, granularity):
+        from captum_gndi import explanation_func
+
+        model, x = self.conv_model()
+        gndi = LayerGNDI(model, model.conv2)
+        noise = 0.05 * torch.randn(
+            3 * 4, 1, 10, 10, dtype=D, generator=torch.Generator().manual_seed(9)
+        )
+
+        def perturb(inputs, radius):  # deterministic: the same noise in both computations
+            return inputs + noise
+
+        kwargs = dict(target=1, granularity=granularity, signed=granularity == "unit")
+        sens = sensitivity_max(
+            explanation_func(gndi.attribute), x, perturb, n_perturb_samples=4, **kwargs
+        )
+        # by hand: max over samples of ||A(x + d) - A(x)||_F / ||A(x)||_F, example by example
+        clean = gndi.attribute(x, **kwargs).reshape(3, -1)
+        moved = gndi.attribute(x.repeat_interleave(4, 0) + noise, **kwargs).reshape(12, -1)
+        change = (moved - clean.repeat_interleave(4, 0)).norm(dim=1).view(3, 4).max(1).values
+        expected = change / clean.norm(dim=1)
+        assert (expected > 1e-4).all()
+        torch.testing.assert_close(sens, expected)
+
+    def test_sensitivity_max_of_signed_units_equals_captums_on_gradient_x_activation(self):
+        from captum_gndi import explanation_func
+
+        model, x = self.conv_model()
+        gndi = LayerGNDI(model, model.conv2)
+        lgxa = LayerGradientXActivation(model, model.conv2)
+        units = gndi.attribute(x, target=[0, 1, 2], granularity="unit", signed=True)
+        torch.testing.assert_close(units, lgxa.attribute(x, target=[0, 1, 2]))
+        torch.manual_seed(5)  # Captum's default perturbation: uniform in an L-inf ball
+        ours = sensitivity_max(
+            explanation_func(gndi.attribute), x, target=[0, 1, 2], granularity="unit",
+            signed=True, n_perturb_samples=3,
+        )  # fmt: skip
+        torch.manual_seed(5)
+        reference = sensitivity_max(
+            explanation_func(lgxa.attribute), x, target=[0, 1, 2], n_perturb_samples=3
+        )
+        assert (reference > 0).all()
+        torch.testing.assert_close(ours, reference)
+
+    def test_infidelity_at_the_layer_equals_captums_on_the_models_tail(self):
+        from captum.attr import LayerActivation
+
+        from captum_gndi import layer_forward_func
+
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)
+        ).double().eval()  # fmt: skip
+        x = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(1))
+        h = LayerActivation(model, model[2]).attribute(x)
+        units = LayerGNDI(model, model[2]).attribute(x, target=1, granularity="unit", signed=True)
+        noise = 0.3 * torch.randn(6 * 5, 4, dtype=D, generator=torch.Generator().manual_seed(2))
+
+        def perturb(inputs):
+            return noise, inputs - noise
+
+        ours = infidelity(
+            layer_forward_func(model, model[2]), perturb, h, units, additional_forward_args=x,
+            target=1, n_perturb_samples=5,
+        )  # fmt: skip
+        tail = nn.Sequential(model[3], model[4])  # what follows the layer, as a model itself
+        reference = infidelity(tail, perturb, h, units, target=1, n_perturb_samples=5)
+        torch.testing.assert_close(ours, reference)
+        # by hand: mean over samples of (I . A - (F(h) - F(h - I)))^2
+        drop = tail(h)[:, 1].repeat_interleave(5) - tail(h.repeat_interleave(5, 0) - noise)[:, 1]
+        dot = (noise * units.repeat_interleave(5, 0)).sum(1)
+        expected = (dot - drop).pow(2).view(6, 5).mean(1)
+        assert (expected > 1e-6).all()
+        torch.testing.assert_close(ours, expected)
+        # a layer inside a model that is no Sequential, by name, on its input
+        conv, cx = self.conv_model()
+        inner = LayerActivation(conv, conv.relu2).attribute(cx, attribute_to_layer_input=True)
+        scores = LayerGNDI(conv, conv.relu2).attribute(
+            cx, target=1, granularity="unit", signed=True, attribute_to_layer_input=True
+        )
+        forward = layer_forward_func(conv, "relu2", attribute_to_layer_input=True)
+        torch.testing.assert_close(forward(inner, cx), conv(cx))
+        scored = infidelity(forward, lambda t: (t * 0.1, t * 0.9), inner, scores,
+                            additional_forward_args=cx, target=1, n_perturb_samples=2)  # fmt: skip
+        assert scored.shape == (3,) and torch.isfinite(scored).all()
+
+    def test_adapters_say_what_is_missing(self):
+        from captum_gndi import explanation_func, layer_forward_func
+
+        model, x = self.conv_model()
+        forward = layer_forward_func(model, model.conv2)
+        h = torch.zeros(3, 4, 2, 2, dtype=D)
+        with pytest.raises(ValueError, match="additional_forward_args=inputs"):
+            forward(h)
+        with pytest.raises(ValueError, match=r"gives \(3, 4, 2, 2\) .* shape \(3, 4, 3, 3\)"):
+            forward(torch.zeros(3, 4, 3, 3, dtype=D), x)
+        explain = explanation_func(LayerGNDI(model, model.conv2).attribute)
+        with pytest.raises(ValueError, match="Drop return_convergence_delta"):
+            explain(x, target=1, return_convergence_delta=True)
+        pair = explanation_func(LayerGNDI(model, [model.conv1, model.conv2]).attribute)(x, target=1)
+        assert len(pair) == 2 and all(t.shape == (3,) for t in pair)
 
     def test_infidelity_with_input_shaped_unit_scores(self):
         model = BasicModel_MultiLayer().double().eval()
