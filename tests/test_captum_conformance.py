@@ -924,3 +924,5 @@ def test_docs_page_examples_run():
         exec(compile("\n".join(blocks), "docs/captum.md", "exec"), namespace)
     torch.testing.assert_close(namespace["again"], namespace["delta"])
     assert namespace["heat"].shape == (4, 4, 10, 10)
+    for name in ("sens", "infid", "infid_input", "sens_lgndi", "infid_lgndi"):
+        assert torch.isfinite(namespace[name]).all() and (namespace[name] > 0).all(), name

@@ -407,6 +407,12 @@ def test_validate_takes_gndi_target_norm_and_n_probes():
     assert report.metadata["norm"] == "fisher" and report.metadata["n_probes"] == 4
     with pytest.raises(ValueError, match="use norm=2 or norm='fisher' with n_probes"):
         validate(model, data, ["0"], ["gndi"], norm="linf", n_probes=4, progress=False)
+    from captum_gndi.tasks import PatchingTask
+
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    task = PatchingTask(ids, ids.flip(1), torch.tensor([[0, 1], [1, 2]]))
+    with pytest.raises(ValueError, match="drop gndi_target=, norm= and n_probes="):
+        validate(TokenModel().eval(), task, ["head"], norm="fisher")
 
 
 def test_probe_exact_rows_count_in_the_pass_estimate(model, x, monkeypatch):
