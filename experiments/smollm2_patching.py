@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +34,9 @@ from scipy import stats
 
 from captum_gndi import LayerGNDI, find_layers, tasks, zoo
 
-UNIT_TYPES = ("heads", "mlp", "resid")
+UNIT_TYPES = ("heads", "mlp", "resid", "pos_heads")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -140,6 +144,139 @@ def exact_patching(f, task, unit_type: str, n_heads: int) -> np.ndarray:
     return torch.cat(columns, dim=1).double().numpy()
 
 
+class SuffixPatcher:
+    """Exact patching of one position at a time, running only what the patch can change.
+
+    Patching layer ``L`` at position ``p`` changes nothing before ``p`` (causal attention) and
+    nothing below ``L``, so each patched run starts at block ``L`` from the clean run's input
+    of that block at positions ``p..T-1``, with the clean keys and values of positions
+    ``0..p-1`` as a cache (the blocks below ``L`` are left out of the model's layer list for the
+    run, then put back). Units: ``"pos_heads"`` (one head's slice of ``o_proj``'s input at one
+    position, the package's position x head) and ``"resid"`` (the block's output at one
+    position). Plain PyTorch hooks and the model's own forward, nothing of the package's
+    intervention code; :meth:`check` compares units against full-sequence patching by hooks.
+    """
+
+    def __init__(self, f, task, unit_type: str, n_heads: int) -> None:
+        self.f, self.model, self.task = f, f.model, task
+        self.unit_type, self.n_heads = unit_type, n_heads
+        self.blocks = _blocks(self.model)
+        n, answers = len(task), task.answers
+        with torch.no_grad():
+            self.base = f(task.clean, answers).squeeze(-1)
+            cache = self.model(task.clean, use_cache=True).past_key_values
+        self.keys_values = [(layer.keys, layer.values) for layer in cache.layers]
+        self.block_inputs = _capture(f, task.clean, answers, self.blocks, pre=True)
+        if unit_type == "pos_heads":
+            self.points, self.pre = [b.self_attn.o_proj for b in self.blocks], True
+        elif unit_type == "resid":
+            self.points, self.pre = self.blocks, False
+        else:
+            raise ValueError(f"SuffixPatcher patches pos_heads or resid, not {unit_type!r}")
+        self.corrupted = _capture(f, task.corrupted, answers, self.points, self.pre)
+        self.n = n
+
+    def _cache(self, p: int, copies: int):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(self.keys_values):
+            cache.update(
+                k[:, :, :p].repeat(copies, 1, 1, 1), v[:, :, :p].repeat(copies, 1, 1, 1), i
+            )
+        return cache
+
+    @torch.no_grad()
+    def run(self, layer: int, p: int, heads: list[int | None]) -> torch.Tensor:
+        """Effects ``(len(heads), N)`` of patching ``layer`` at position ``p``; a head of
+        ``None`` patches nothing (the unpatched run, for checks)."""
+        c, n = len(heads), self.n
+        src = self.corrupted[layer][:, p]
+        d = src.shape[-1] // self.n_heads
+
+        def edit(h):
+            h = h.clone().view(c, n, *h.shape[1:])
+            for j, head in enumerate(heads):
+                if head is None:
+                    continue
+                cols = (
+                    slice(head * d, (head + 1) * d)
+                    if self.unit_type == "pos_heads"
+                    else slice(None)
+                )
+                h[j, :, 0, cols] = src[:, cols]
+            return h.view(c * n, *h.shape[2:])
+
+        if self.pre:
+
+            def hook(_m, args):
+                return (edit(args[0]), *args[1:])
+
+            handle = self.points[layer].register_forward_pre_hook(hook)
+        else:
+
+            def hook(_m, _a, out):
+                return _replace_first(out, edit(_first(out)))
+
+            handle = self.points[layer].register_forward_hook(hook)
+        hidden = self.block_inputs[layer][:, p:].repeat(c, 1, 1)
+        cache = self._cache(p, c) if p > 0 else None
+        layers = self.model.model.layers
+        self.model.model.layers = torch.nn.ModuleList(self.blocks[layer:])
+        try:
+            out = self.model(inputs_embeds=hidden, past_key_values=cache, use_cache=p > 0)
+        finally:
+            self.model.model.layers = layers
+            handle.remove()
+        last = out.logits[:, -1]
+        answers = self.task.answers.repeat(c, 1)
+        metric = (last.gather(1, answers[:, :1]) - last.gather(1, answers[:, 1:])).squeeze(1)
+        return metric.view(c, n) - self.base
+
+    def effects(self) -> np.ndarray:
+        """True effects ``(N, units)``, units ordered ``[layer, pos, head]`` or ``[layer,
+        pos]``."""
+        t = self.task.clean.shape[1]
+        heads = list(range(self.n_heads)) if self.unit_type == "pos_heads" else [0]
+        columns = []
+        for layer in range(len(self.blocks)):
+            for p in range(t):
+                columns.append(self.run(layer, p, heads).T)
+        return torch.cat(columns, dim=1).double().numpy()
+
+    @torch.no_grad()
+    def check(self, units: list[tuple[int, int, int]]) -> dict:
+        """Suffix runs of ``(layer, pos, head)`` units against full-sequence patching by hooks
+        on the whole model, and the unpatched suffix run against the clean metric."""
+        diffs, scale, unpatched = [], 0.0, 0.0
+        for layer, p, head in units:
+            d = self.corrupted[layer].shape[-1] // self.n_heads
+            cols = slice(head * d, (head + 1) * d) if self.unit_type == "pos_heads" else slice(None)
+            src = self.corrupted[layer]
+
+            def edit(h, p=p, cols=cols, src=src):
+                h = h.clone()
+                h[:, p, cols] = src[:, p, cols]
+                return h
+
+            full = (
+                _patched_metric(
+                    self.f, self.task.clean, self.task.answers, self.points[layer], self.pre, edit
+                )
+                - self.base
+            )
+            suffix = self.run(layer, p, [head])[0]
+            diffs.append(float((full - suffix).abs().max()))
+            scale = max(scale, float(full.abs().max()))
+            unpatched = max(unpatched, float(self.run(layer, p, [None]).abs().max()))
+        return {
+            "units": [list(u) for u in units],
+            "max_abs_diff_to_full_sequence": max(diffs),
+            "effect_scale": scale,
+            "unpatched_max_abs": unpatched,
+        }
+
+
 def estimate(f, task, unit_type: str, n_heads: int, **kwargs) -> np.ndarray:
     """Minus signed G-NDI per example and unit ``(N, units)``: the estimate of the patching
     effect ``metric(patched) - metric(clean)`` (signed G-NDI is ``J (h - b)``, the change of
@@ -148,6 +285,9 @@ def estimate(f, task, unit_type: str, n_heads: int, **kwargs) -> np.ndarray:
     if unit_type == "heads":
         points = list(find_layers(model, "head").values())
         extra = {"granularity": "channel", "channel_dim": 2}
+    elif unit_type == "pos_heads":
+        points = list(find_layers(model, "head").values())
+        extra = {"granularity": "channel", "channel_dim": (1, 2)}
     elif unit_type == "mlp":
         points = [b.mlp for b in _blocks(model)]
         extra = {"granularity": "layer"}
@@ -212,9 +352,32 @@ def _failures(est: np.ndarray, true: np.ndarray, names: list[str], top: int = 5)
     ]
 
 
+def screens(
+    means: dict[str, np.ndarray],
+    true_mean: np.ndarray,
+    n_layers: int,
+    t: int,
+    n_heads: int,
+    steps: int,
+) -> dict:
+    """The stopping rule of ``verify_top_k`` replayed on the brute-force effects of every
+    position x head, for the first-order, ``input_<steps>`` and combined screens (the screen
+    study's ``screen_table`` and ``combine`` of experiments/smollm2_verify.py)."""
+    from smollm2_verify import combine, screen_table
+
+    units = [(i, p, h) for i in range(n_layers) for p in range(t) for h in range(n_heads)]
+    scores = {"first_order": np.abs(means["first_order"])}
+    scores[f"input_{steps}"] = np.abs(means[f"input_{steps}"])
+    scores["combined"] = combine(scores["first_order"], scores[f"input_{steps}"])["combined"]
+    true_abs = {u: float(abs(v)) for u, v in zip(units, true_mean)}
+    return screen_table(scores, true_abs, units)
+
+
 def _names(unit_type: str, n_layers: int, n_heads: int, t: int) -> list[str]:
     if unit_type == "heads":
         return [f"L{i}H{h}" for i in range(n_layers) for h in range(n_heads)]
+    if unit_type == "pos_heads":
+        return [f"L{i}H{h}@{p}" for i in range(n_layers) for p in range(t) for h in range(n_heads)]
     if unit_type == "mlp":
         return [f"L{i}.mlp" for i in range(n_layers)]
     return [f"L{i}.resid@{p}" for i in range(n_layers) for p in range(t)]
@@ -273,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         corrupt_ld = f(task.corrupted, task.answers).squeeze(-1)
     result = {
         "command": "OMP_NUM_THREADS=1 python experiments/smollm2_patching.py "
-        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "task": args.task,
         "n_pairs": len(task),
         "tokens": t,
@@ -286,19 +449,39 @@ def main(argv: list[str] | None = None) -> int:
     steps = [int(s) for s in args.input_steps.split(",") if s]
     for unit_type in args.units.split(","):
         names = _names(unit_type, n_layers, n_heads, t)
-        start = time.perf_counter()
-        true = exact_patching(f, task, unit_type, n_heads)
-        t_exact = time.perf_counter() - start
-        entry = {"n_units": len(names), "exact_seconds": t_exact, "estimators": {}}
+        load = [os.getloadavg()[0]]
+        wall, cpu = time.perf_counter(), time.process_time()
+        check = None
+        if unit_type in ("pos_heads", "resid"):
+            patcher = SuffixPatcher(f, task, unit_type, n_heads)
+            true = patcher.effects()
+        else:
+            true = exact_patching(f, task, unit_type, n_heads)
+        t_exact, cpu_exact = time.perf_counter() - wall, time.process_time() - cpu
+        if unit_type in ("pos_heads", "resid"):
+            check = patcher.check(
+                [(0, 0, 0), (n_layers // 2, t // 2, 1), (n_layers - 1, t - 1, n_heads - 1)]
+            )
+        entry = {
+            "n_units": len(names),
+            "exact_seconds": t_exact,
+            "exact_cpu_seconds": cpu_exact,
+            "estimators": {},
+        }
+        if check is not None:
+            entry["suffix_check"] = check
         estimators = {"first_order": {}}
         estimators.update({f"input_{m}": {"n_steps": m, "path": "input"} for m in steps})
+        means = {}
         for label, kwargs in estimators.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             est = estimate(f, task, unit_type, n_heads, **kwargs)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+            means[label] = est.mean(0)
             entry["estimators"][label] = {
                 "seconds": seconds,
-                "time_ratio_to_exact": seconds / t_exact,
+                "cpu_seconds": cpu_seconds,
+                "time_ratio_to_exact": cpu_seconds / cpu_exact,
                 **_bootstrap(est, true, args.n_boot, args.seed),
                 "ratio": _ratios(est, true),
                 "failures": _failures(est, true, names),
@@ -312,6 +495,13 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             }
             print(unit_type, label, json.dumps(entry["estimators"][label]["pearson"]), flush=True)
+        load.append(os.getloadavg()[0])
+        entry["load_average"] = load
+        entry["time_note"] = "time_ratio_to_exact: CPU seconds of this process (one thread)"
+        if unit_type == "pos_heads":
+            entry["estimate_mean"] = {k: v.tolist() for k, v in means.items()}
+            if steps:
+                entry["screens"] = screens(means, true.mean(0), n_layers, t, n_heads, steps[0])
         entry["true_mean"] = true.mean(0).tolist()
         entry["top10_true"] = [names[u] for u in np.argsort(-np.abs(true.mean(0)))[:10]]
         result["units"][unit_type] = entry
