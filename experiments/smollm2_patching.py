@@ -404,6 +404,34 @@ def summarize(paths: list[Path]) -> str:
                     f"{r['wrong_sign']} | {e['top10_true_within_estimate_rank']} | "
                     f"{e['time_ratio_to_exact']:.3f} |"
                 )
+    screened = [
+        "",
+        "| task | units | screen | top 10: rank of last true | rule: share | recall | "
+        "top 20: rank of last true | rule: share | recall | rule's misses (true rank, "
+        "screen rank) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for path in paths:
+        run = json.loads(path.read_text())
+        for unit_type, entry in run["units"].items():
+            for label, by_k in entry.get("screens", {}).items():
+                cells = [
+                    f"{c['max_screen_rank_of_true_top']} | {100 * c['share']:.1f}% "
+                    f"({c['n_ablations']}) | {c['recall']:.2f}"
+                    for c in by_k.values()
+                ]
+                missed = "; ".join(
+                    f"{k}: L{m['unit'][0]}H{m['unit'][2]}@{m['unit'][1]} ({m['true_rank']}, "
+                    f"{m['screen_rank']})"
+                    for k, c in by_k.items()
+                    for m in c["missed"]
+                )
+                screened.append(
+                    f"| {run['task']} | {unit_type} ({entry['n_units']}) | {label} | "
+                    f"{' | '.join(cells)} | {missed or 'none'} |"
+                )
+    if len(screened) > 4:
+        rows += screened
     return "\n".join(rows)
 
 
