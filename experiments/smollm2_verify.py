@@ -52,7 +52,7 @@ from captum_gndi.verify import screen_and_verify
 from captum_gndi.verify.graddrop import graddrop_effects
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smollm2_patching import estimate, exact_patching  # noqa: E402
+from smollm2_patching import _bootstrap, _failures, _ratios, estimate, exact_patching  # noqa: E402
 
 KS = (10, 20)
 
@@ -512,6 +512,58 @@ def run_verify(f, task, args, result: dict) -> None:
     result["units"]["verify_top_k"] = {"load_average": _load(), "runs": runs}
 
 
+def neuron_statistics(neurons: dict, n_boot: int = 1000, seed: int = 0) -> list[str]:
+    """Item 4's statistics of the neuron estimates against exact patching, on the neurons of
+    ``per_pair`` (the uniform sample, or every neuron with ``--full``): Pearson and Spearman of
+    the mean over pairs with 95% bootstrap intervals over prompt pairs, the estimate / truth
+    ratio (median, 10-90%, wrong signs) of the neurons whose true effect exceeds 5% of the
+    largest, and the five worst-estimated of the true top 20 (the definitions of
+    ``experiments/smollm2_patching.py``)."""
+    data = neurons["per_pair"]
+    true = np.array(data["effect"])
+    names = [f"L{layer}N{n}" for layer, n in data["units"]]
+    n_pairs = true.shape[0]
+    lines = [
+        f"Estimates against exact patching on these {true.shape[1]} neurons ("
+        + ("95% bootstrap intervals over the pairs" if n_pairs > 1 else "one pair: no interval")
+        + "; ratios of the neurons whose |true effect| exceeds 5% of the largest):",
+        "",
+        "| estimator | Pearson | Spearman | ratio median | ratio 10-90% | wrong sign |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("first_order", "input_4"):
+        est = np.array(data[name])
+        boot = _bootstrap(est, true, n_boot if n_pairs > 1 else 0, seed)
+        ratio = _ratios(est, true)
+        cells = [
+            f"{boot[m]['value']:.3f}"
+            + (f" [{boot[m]['low']:.3f}, {boot[m]['high']:.3f}]" if n_pairs > 1 else "")
+            for m in ("pearson", "spearman")
+        ]
+        lines.append(
+            f"| {name} | {cells[0]} | {cells[1]} | {ratio['median']:.2f} "
+            f"| {ratio['q10']:.2f} to {ratio['q90']:.2f} "
+            f"| {ratio['wrong_sign']} of {ratio['n_units']} |"
+        )
+    path = np.array(data["input_4"]).mean(0)
+    path_rank = ranks(np.abs(path))
+    worst = []
+    for f in _failures(np.array(data["first_order"]), true, names):
+        u = names.index(f["unit"])
+        worst.append(
+            f"{f['unit']}: {f['true']:+.3f}, {f['estimate']:+.3f}, {path[u]:+.3f} (true rank "
+            f"{f['true_rank']}, first-order rank {f['estimate_rank']}, input rank "
+            f"{path_rank[u]})"
+        )
+    lines += [
+        "",
+        "Worst first-order estimates among the sample's true top 20 (unit: true effect, first "
+        "order, input_4; ranks by |mean| within the sample): " + "; ".join(worst) + ".",
+        "",
+    ]
+    return lines
+
+
 def markdown(paths: list[Path]) -> str:
     """The tables of docs/results.md from result files."""
     lines = []
@@ -581,7 +633,20 @@ def markdown(paths: list[Path]) -> str:
                         f"{e['recall']:.2f}",
                     ]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            lines.append("")
+            misses = [
+                f"{name} top {k}: "
+                + ", ".join(
+                    f"L{m['unit'][0]}N{m['unit'][1]} (true rank {m['true_rank']}, screen rank "
+                    f"{m['screen_rank']})"
+                    for m in entry[f"top{k}"]["missed"]
+                )
+                for name, entry in neurons["verify"].items()
+                for k in KS
+                if entry[f"top{k}"]["missed"]
+            ]
+            lines += ["", "Misses of the rule: " + ("; ".join(misses) or "none") + ".", ""]
+            if "per_pair" in neurons:
+                lines += neuron_statistics(neurons)
         runs = data["units"].get("verify_top_k")
         if runs:
             lines += [
