@@ -26,6 +26,11 @@ m')``, so heads and MLPs share every pass of one job. The truth patches the MLP 
 Fisher G-NDI squared is the second-order (first non-zero) term of ``2 KL``, so each estimator is
 also compared with ``sqrt(2 KL)``, including the ratio estimate / ``sqrt(2 KL)``.
 
+``--part softmax``: the same patching, and per pair and unit the L2 and Fisher norms of the
+*true* change of the logits ``dz = z_patched - z`` against ``sqrt(2 KL)``: how well the Fisher
+norm predicts KL on this softmax without any linearisation, and (in ``--summarize``, with the
+``vocab`` JSON of the same task) how far the first-order tangent is from the true ``dz``.
+
 ``--part path`` (IOI): ``path="unit"`` (every unit integrated along its own path) at ``n_steps``
 2 and 4 for the 30 MLP outputs (``granularity="layer"`` on ``block.mlp``) and the heads of
 ``--path-head-layers``, signed, on the logit difference, against exact patching of the same
@@ -38,8 +43,10 @@ Usage::
 
     OMP_NUM_THREADS=1 python experiments/smollm2_unsigned.py --task ioi --n-pairs 16 \
         --out benchmarks/results/smollm2_unsigned_ioi.json
+    OMP_NUM_THREADS=1 python experiments/smollm2_unsigned.py --part softmax --task ioi \
+        --n-pairs 16 --out benchmarks/results/smollm2_unsigned_softmax_ioi.json
     OMP_NUM_THREADS=1 python experiments/smollm2_unsigned.py --part path --task ioi \
-        --n-pairs 16 --out benchmarks/results/smollm2_unsigned_path_ioi.json
+        --n-pairs 8 --path-head-layers 0 15 --out benchmarks/results/smollm2_unsigned_path_ioi.json
     python experiments/smollm2_unsigned.py --summarize benchmarks/results/smollm2_unsigned_*.json
 """
 
@@ -365,6 +372,47 @@ def run_vocab(args, lm, task, result) -> None:
         print(name, json.dumps(entry["vs_kl"]["spearman"]), flush=True)
 
 
+# --- part softmax ------------------------------------------------------------------------------
+
+
+def fisher(clean: Tensor, dz: Tensor) -> Tensor:
+    """``sqrt(dz^T (diag(pi) - pi pi^T) dz)`` per row, ``pi = softmax(clean)``."""
+    pi = clean.softmax(-1)
+    mean = (pi * dz).sum(-1, keepdim=True)
+    return (pi * (dz - mean) ** 2).sum(-1).sqrt()
+
+
+def run_softmax(args, lm, task, result) -> None:
+    """Where the Fisher norm stops predicting KL: the norms of the *true* logit change of each
+    patched unit against ``sqrt(2 KL)`` (the softmax's curvature alone, no linearisation)."""
+    n_heads = lm.config.num_attention_heads
+    n_layers = lm.config.num_hidden_layers
+    _, names = vocab_points(lm)
+    layers = list(range(n_layers))
+    base, patched = patched_logits(lm, task, layers, layers, n_heads)
+    kl_true = np.stack([kl(base, patched[u]).numpy() for u in names], 1)
+    fisher_true = np.stack([fisher(base, patched[u] - base).numpy() for u in names], 1)
+    l2_true = np.stack([(patched[u] - base).norm(dim=-1).numpy() for u in names], 1)
+    root = np.sqrt(2 * np.clip(kl_true, 0, None))
+    result["units"] = names
+    result["fisher_true_mean"] = fisher_true.mean(0).tolist()
+    result["l2_true_mean"] = l2_true.mean(0).tolist()
+    result["sqrt_2kl_mean"] = root.mean(0).tolist()
+    result["fisher_true_vs_sqrt_2kl"] = bootstrap(fisher_true, root, args.n_boot, args.seed)
+    result["fisher_true_ratio_to_sqrt_2kl"] = ratios(fisher_true, root)
+    bins = {}
+    for low, high in ((0, 0.3), (0.3, 1), (1, np.inf)):
+        keep = (root >= low) & (root < high) & (root > 0)
+        r = fisher_true[keep] / root[keep]
+        bins[f"{low}-{high}"] = {
+            "n": int(keep.sum()),
+            "median": float(np.median(r)) if keep.any() else None,
+            "q10": float(np.quantile(r, 0.1)) if keep.any() else None,
+            "q90": float(np.quantile(r, 0.9)) if keep.any() else None,
+        }
+    result["fisher_true_ratio_by_sqrt_2kl"] = bins
+
+
 # --- part path ----------------------------------------------------------------------------------
 
 
@@ -447,9 +495,41 @@ def summarize(paths: list[Path]) -> str:
         "CPU time / exact patching |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for path in paths:
-        run = json.loads(path.read_text())
-        if run["part"] == "vocab":
+    softmax_rows = [
+        "| task | Fisher(true dz) vs sqrt(2 KL): Pearson [95% CI] | Spearman [95% CI] | "
+        "Fisher(true dz) / sqrt(2 KL), cases: median (10-90%) | by sqrt(2 KL) < 0.3 / 0.3-1 / "
+        ">= 1: median (cases) | fisher_exact vs Fisher(true dz): Pearson, Spearman, median "
+        "ratio | l2_exact vs L2(true dz): Pearson, Spearman, median ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    runs = [json.loads(path.read_text()) for path in paths]
+    vocab_runs = {run["task"]: run for run in runs if run["part"] == "vocab"}
+    for run in runs:
+        if run["part"] == "softmax":
+            c, rc = run["fisher_true_vs_sqrt_2kl"], run["fisher_true_ratio_to_sqrt_2kl"]["cases"]
+            bins = " / ".join(
+                "-" if b["median"] is None else f"{b['median']:.2f} ({b['n']})"
+                for b in run["fisher_true_ratio_by_sqrt_2kl"].values()
+            )
+            lin = []
+            for norm in ("fisher", "l2"):
+                v = vocab_runs.get(run["task"])
+                if v is None:
+                    lin.append("-")
+                    continue
+                e = np.array(v["estimators"][f"{norm}_exact"]["mean"])
+                t = np.array(run[f"{norm}_true_mean"])
+                keep = t > 0.05 * t.max()
+                lin.append(
+                    f"{stats.pearsonr(e, t)[0]:.2f}, {stats.spearmanr(e, t)[0]:.2f}, "
+                    f"{np.median(e[keep] / t[keep]):.2f} (n={int(keep.sum())})"
+                )
+            softmax_rows.append(
+                f"| {run['task']} ({run['n_pairs']}) | {_ci(c['pearson'])} | {_ci(c['spearman'])} "
+                f"| {rc['median']:.2f} ({rc['q10']:.2f} to {rc['q90']:.2f}) | {bins} | "
+                f"{lin[0]} | {lin[1]} |"
+            )
+        elif run["part"] == "vocab":
             for name, e in run["estimators"].items():
                 ru, rc = e["ratio_to_sqrt_2kl"]["units"], e["ratio_to_sqrt_2kl"]["cases"]
                 spe = e.get("spearman_vs_exact")
@@ -474,13 +554,14 @@ def summarize(paths: list[Path]) -> str:
                         f"{e['top10_true_within_estimate_rank']} | {e['cells']} vs {n} | "
                         f"{e['cpu_seconds']:.0f} | {e['time_ratio_to_exact_patching']:.2f} |"
                     )
-    return "\n".join(vocab) + "\n\n" + "\n".join(path_rows)
+    tables = [vocab, softmax_rows, path_rows]
+    return "\n\n".join("\n".join(t) for t in tables if len(t) > 2)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--summarize", type=Path, nargs="+", help="print the tables of these JSONs")
-    parser.add_argument("--part", choices=("vocab", "path"), default="vocab")
+    parser.add_argument("--part", choices=("vocab", "softmax", "path"), default="vocab")
     parser.add_argument("--task", choices=("ioi", "factual_recall", "induction"), default="ioi")
     parser.add_argument("--n-pairs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -511,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "load_average_start": os.getloadavg(),
     }
-    (run_vocab if args.part == "vocab" else run_path)(args, lm, task, result)
+    parts = {"vocab": run_vocab, "softmax": run_softmax, "path": run_path}
+    parts[args.part](args, lm, task, result)
     result["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
