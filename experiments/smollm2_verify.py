@@ -533,10 +533,10 @@ def neuron_statistics(neurons: dict, n_boot: int = 1000, seed: int = 0) -> list[
     ]
     for name in ("first_order", "input_4"):
         est = np.array(data[name])
-        boot = _bootstrap(est, true, n_boot if n_pairs > 1 else 0, seed)
+        boot = _bootstrap(est, true, n_boot if n_pairs > 1 else 1, seed)
         ratio = _ratios(est, true)
         cells = [
-            f"{boot[m]['value']:.3f}"
+            f"{boot[m]['value']:.4f}"
             + (f" [{boot[m]['low']:.3f}, {boot[m]['high']:.3f}]" if n_pairs > 1 else "")
             for m in ("pearson", "spearman")
         ]
@@ -557,8 +557,8 @@ def neuron_statistics(neurons: dict, n_boot: int = 1000, seed: int = 0) -> list[
         )
     lines += [
         "",
-        "Worst first-order estimates among the sample's true top 20 (unit: true effect, first "
-        "order, input_4; ranks by |mean| within the sample): " + "; ".join(worst) + ".",
+        "Worst first-order estimates among the true top 20 of these neurons (unit: true "
+        "effect, first order, input_4; ranks by |mean| among them): " + "; ".join(worst) + ".",
         "",
     ]
     return lines
