@@ -662,7 +662,44 @@ def markdown(paths: list[Path]) -> str:
                     f"| {r['cpu_seconds']:.0f} |"
                 )
             lines.append("")
+    neuron_files = [json.loads(path.read_text())["units"].get("neurons") for path in paths]
+    neuron_files = [n for n in neuron_files if n]
+    if len(neuron_files) > 1:
+        lines += neuron_cells(neuron_files)
     return "\n".join(lines)
+
+
+def neuron_cells(runs: list[dict]) -> list[str]:
+    """Per screen, over the neuron runs x k: the cells with recall 1.0, the true top-k neurons
+    missed, and the ablations' and the screen's CPU time as shares of the brute force."""
+    totals: dict[str, list[tuple[float, int, float, float]]] = {}
+    for neurons in runs:
+        ratio = neurons["cpu_ratio_to_brute_force_extrapolated"]
+        cost = {
+            "first_order": ratio["first_order"],
+            "input_4": ratio["input_4"],
+            "graddrop_max": ratio["graddrop"],
+            "combined": ratio["first_order"] + ratio["input_4"],
+            "combined_graddrop": ratio["input_4"] + ratio["graddrop"],
+        }
+        for name, entry in neurons["verify"].items():
+            for k in KS:
+                e = entry[f"top{k}"]
+                totals.setdefault(name, []).append((e["recall"], k, e["share"], cost[name]))
+    lines = [
+        f"Over the {len(runs)} neuron runs x k = {', '.join(map(str, KS))}:",
+        "",
+        "| screen | cells with recall 1.0 | true top-k neurons missed | ablations: mean share "
+        "| screen CPU / brute force: mean |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, cells in totals.items():
+        recall, k, share, cost_ = (np.array(c, dtype=float) for c in zip(*cells))
+        lines.append(
+            f"| {name} | {int((recall == 1).sum())} of {len(cells)} "
+            f"| {int(round(((1 - recall) * k).sum()))} | {share.mean():.2%} | {cost_.mean():.2%} |"
+        )
+    return [*lines, ""]
 
 
 def replay(paths: list[Path], misses: tuple[float, ...] = (1.0, 0.5, 0.25)) -> str:
