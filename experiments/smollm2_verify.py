@@ -567,6 +567,15 @@ def neuron_statistics(neurons: dict, n_boot: int = 1000, seed: int = 0) -> list[
 def markdown(paths: list[Path]) -> str:
     """The tables of docs/results.md from result files."""
     lines = []
+    truths = {}  # (task, pairs, tokens) -> brute force of every head, for verify_top_k's recall
+    for path in paths:
+        data = json.loads(path.read_text())
+        if "heads" in data["units"]:
+            heads = data["units"]["heads"]
+            truths[(data["task"], data["n_pairs"], data["tokens"])] = (
+                np.array(heads["true_mean"]),
+                heads["names"],
+            )
     for path in paths:
         data = json.loads(path.read_text())
         heads = data["units"].get("heads")
@@ -649,24 +658,56 @@ def markdown(paths: list[Path]) -> str:
                 lines += neuron_statistics(neurons)
         runs = data["units"].get("verify_top_k")
         if runs:
+            truth = truths.get((data["task"], data["n_pairs"], data["tokens"]))
             lines += [
                 f"**verify_top_k on {data['task']}**, {data['n_pairs']} pairs; `{data['command']}`",
                 "",
-                "| screen | k | ablations | share | stopped | CPU s |",
-                "|---|---:|---:|---:|---|---:|",
+                "| screen | k | ablations | share | stopped | CPU s |"
+                + (" recall | missed (true rank) |" if truth is not None else ""),
+                "|---|---:|---:|---:|---|---:|" + ("---:|---|" if truth is not None else ""),
             ]
             for label, r in runs["runs"].items():
                 screen, k = label.rsplit("_top", 1)
-                lines.append(
+                row = (
                     f"| {screen} | {k} | {r['n_ablations']} | {r['share']:.1%} | {r['stopped']} "
                     f"| {r['cpu_seconds']:.0f} |"
                 )
+                if truth is not None:
+                    row += verify_recall(r, int(k), *truth)
+                lines.append(row)
+            if truth is not None:
+                lines += [
+                    "",
+                    "Truth: the brute force of the heads run of the same task, pairs and tokens; "
+                    "largest |difference| between the verified heads' effects and its effects: "
+                    + f"{max(verify_effect_diff(r, truth[0]) for r in runs['runs'].values()):.2g}.",
+                ]
             lines.append("")
     neuron_files = [json.loads(path.read_text())["units"].get("neurons") for path in paths]
     neuron_files = [n for n in neuron_files if n]
     if len(neuron_files) > 1:
         lines += neuron_cells(neuron_files)
     return "\n".join(lines)
+
+
+def head_index(unit: list) -> int:
+    """A verified head ``[".../layers.L.self_attn.heads", h]`` as its index ``9 L + h``."""
+    return int(unit[0].split(".")[2]) * 9 + int(unit[1])
+
+
+def verify_recall(run: dict, k: int, true: np.ndarray, names: list[str]) -> str:
+    """The recall cells of a verify_top_k run against the brute force ``true``."""
+    order = np.argsort(-np.abs(true))
+    found = {head_index(u) for u in run["units"]}
+    missed = [f"{names[i]} ({j + 1})" for j, i in enumerate(order[:k]) if i not in found]
+    return f" {len(set(order[:k].tolist()) & found) / k:.2f} | {', '.join(missed) or '-'} |"
+
+
+def verify_effect_diff(run: dict, true: np.ndarray) -> float:
+    """Largest |package effect - brute force| over the verified heads (the package's effect is
+    ``f(clean) - f(patched)``, the brute force's ``f(patched) - f(clean)``)."""
+    idx = [head_index(u) for u in run["units"]]
+    return float(np.abs(np.array(run["effects"]) + true[idx]).max())
 
 
 def neuron_cells(runs: list[dict]) -> list[str]:
