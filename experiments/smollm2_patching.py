@@ -1,12 +1,18 @@
 """G-NDI against exact activation patching on SmolLM2-135M (issue #23).
 
 For one task (IOI, factual recall or induction), every attention head (30 x 9), every MLP output
-(30) and the residual stream after every block at every position (30 x T) is patched from the
-corrupted run into the clean run, one unit at a time, and the change of the task metric (the
+(30), every head at every position (``pos_heads``: 30 x T x 9, the package's position x head)
+and the residual stream after every block at every position (``resid``: 30 x T) is patched from
+the corrupted run into the clean run, one unit at a time, and the change of the task metric (the
 logit difference) is recorded per prompt pair. The ground truth is computed here with plain
-PyTorch hooks, independently of the package's own intervention code. The estimates are
+PyTorch hooks, independently of the package's own intervention code: heads and MLP outputs by
+full-sequence patched runs (the units batched as copies of the prompts), positions x heads and
+the residual stream by :class:`SuffixPatcher`, which runs only the blocks and positions a patch
+can change (checked against full-sequence patching on three units per run). The estimates are
 ``LayerGNDI(..., signed=True)`` (first order: minus attribution patching) and, where the package
-has it, ``path="input"`` (EAP-IG) at several ``n_steps``.
+has it, ``path="input"`` (EAP-IG) at several ``n_steps``. For positions x heads the stopping rule
+of ``verify_top_k`` is replayed on the recorded effects (``screen_table`` of
+experiments/smollm2_verify.py).
 
 Correlations are over units of the mean effect over prompt pairs, with 95% percentile bootstrap
 intervals over prompt pairs (pairs resampled, unit means recomputed). The ratio table is
@@ -15,7 +21,10 @@ estimate / true effect per unit, over units whose true effect is above 5% of the
 Usage::
 
     OMP_NUM_THREADS=1 python experiments/smollm2_patching.py --task ioi --n-pairs 16 \
-        --out benchmarks/results/smollm2_patching_ioi.json
+        --units heads,mlp --out benchmarks/results/smollm2_patching_ioi.json
+    OMP_NUM_THREADS=1 python experiments/smollm2_patching.py --task ioi --n-pairs 16 \
+        --units resid,pos_heads --input-steps 4,8 \
+        --out benchmarks/results/smollm2_patching_ioi_pos_heads.json
 """
 
 from __future__ import annotations
