@@ -503,6 +503,8 @@ def summarize(paths: list[Path]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     runs = [json.loads(path.read_text()) for path in paths]
+    order = ("ioi", "factual_recall", "induction")
+    runs.sort(key=lambda run: order.index(run["task"]))  # the tasks in this order, whatever glob
     vocab_runs = {run["task"]: run for run in runs if run["part"] == "vocab"}
     for run in runs:
         if run["part"] == "softmax":
