@@ -422,9 +422,14 @@ def run_path(args, lm, task, result) -> None:
     ld = tasks.logit_diff(lm)
     blocks = list(lm.model.layers)
     heads = list(find_layers(lm, "head").values())
-    groups = {
-        "mlp": ([b.mlp for b in blocks], {"granularity": "layer"}, [], list(range(n_layers))),
-    }
+    groups = {}
+    if not args.path_no_mlp:
+        groups["mlp"] = (
+            [b.mlp for b in blocks],
+            {"granularity": "layer"},
+            [],
+            list(range(n_layers)),
+        )
     if args.path_head_layers:
         layers = args.path_head_layers
         groups["heads"] = (
@@ -571,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-exact", type=int, nargs="*", default=[8])
     parser.add_argument("--path-steps", type=int, nargs="*", default=[2, 4])
     parser.add_argument("--path-head-layers", type=int, nargs="*", default=[])
+    parser.add_argument("--path-no-mlp", action="store_true", help="--part path: heads only")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
