@@ -36,6 +36,9 @@ norm predicts KL on this softmax without any linearisation, and (in ``--summariz
 ``--path-head-layers``, signed, on the logit difference, against exact patching of the same
 units in the same run, with the CPU time of each (``time.process_time``).
 
+One file of about 600 lines: the three parts share the hook patcher, the statistics and the
+summary tables.
+
 Statistics: Pearson and Spearman over units of the mean over prompt pairs, with 95% percentile
 bootstrap intervals over pairs; ratios over units whose truth is above 5% of the largest.
 
