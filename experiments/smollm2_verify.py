@@ -625,7 +625,8 @@ def markdown(paths: list[Path]) -> str:
         neurons = data["units"].get("neurons")
         if neurons:
             lines += [
-                f"**{data['task']} neurons**, {data['n_pairs']} pairs: {neurons['truth']} "
+                f"**{data['task']} neurons, {neurons.get('position', 'final')} position**, "
+                f"{data['n_pairs']} pairs: {neurons['truth']} "
                 f"({neurons['n_truth']}); `{data['command']}`",
                 "",
                 "| screen | top 10: rank of last true | rule: share | recall "

@@ -120,17 +120,17 @@ def test_screen_scores_are_the_documented_estimates(setup):
         order = sorted(range(len(flat)), key=lambda i: -flat[i])
         rank = {keys[i]: r + 1 for r, i in enumerate(order)}
         assert result.predicted_ranks == [rank[u] for u in result.units]
-    default = verify_top_k(f, task, heads, k=2, channel_dim=2, n_steps=3, progress=False)
-    assert default.settings["screen"] == "combined" and default.settings["n_steps"] == 3
-    combined = verify_top_k(
-        f, task, heads, k=2, channel_dim=2, screen="combined", n_steps=3, progress=False
+    default = verify_top_k(f, task, heads, k=2, channel_dim=2, progress=False)
+    assert default.settings["screen"] == "first_order"
+    first_order = verify_top_k(
+        f, task, heads, k=2, channel_dim=2, screen="first_order", progress=False
     )
-    assert default.scores == combined.scores
+    assert default.scores == first_order.scores
 
 
 def test_screen_errors_name_the_fix(setup):
     model, f, task, heads = setup
-    assert check_screen("auto", True, 4) == "combined"
+    assert check_screen("auto", True, 4) == "first_order"
     assert check_screen("auto", False, 4) == "first_order"
     with pytest.raises(ValueError, match="screen must be 'auto' or one of"):
         verify_top_k(f, task, heads, k=1, channel_dim=2, screen="gradient", progress=False)

@@ -2,29 +2,42 @@
 
 A screen orders the units for verification and gives the stopping rule
 (:mod:`captum_gndi.verify.rule`) its predicted damages ``s_u``. On patching data (a
-:class:`~captum_gndi.tasks.PatchingTask`) three screens are offered, each the absolute mean over
-prompt pairs of a signed estimate of the patching effect ``f(x) - f(x; do(h_u := b_u))``:
+:class:`~captum_gndi.tasks.PatchingTask`) five screens are offered, each the absolute mean over
+prompt pairs of a signed estimate of the patching effect ``f(x) - f(x; do(h_u := b_u))`` (or the
+larger of two such), so every one is on the metric's scale and the stopping rule's calibration
+ratio (true / predicted) keeps its meaning:
 
-- ``"first_order"``: first-order G-NDI, ``J (h - b)`` (minus attribution patching, AtP):
-  one forward and one backward pass for every unit of every layer;
+- ``"first_order"`` (the default, ``"auto"``): first-order G-NDI, ``J (h - b)`` (minus
+  attribution patching, AtP): one forward and one backward pass for every unit of every layer;
 - ``"input"``: ``path="input"`` (EAP-IG, Hanna et al. 2024) at ``n_steps`` points: the gradient
   averaged along the input-space path from the corrupted to the clean prompt, times ``h - b``;
   ``n_steps`` forward and backward passes;
-- ``"combined"`` (the default on patching data, ``"auto"``): ``max(|first order|, |input|)`` per
-  unit. Both are estimates of the same effect on the metric's scale, so their maximum is too,
-  and the stopping rule's calibration ratio (true / predicted) keeps its meaning. A unit either
-  screen ranks high is verified early: first order misses units whose effect cancels or
-  saturates along the way (attention patterns), the input path misses others whose gradient is
-  small in the middle of the path. On SmolLM2's 270 IOI heads (24 prompt pairs) it finds the
-  exact top 10 with 11.9% of brute-force patching (first order: 13.0%) and 19 of the top 20 with
-  26.3% (first order: all 20 with 35.2%); on induction neither finds the exact top 10
-  (``docs/results.md``, "A real LLM: screen and verify").
+- ``"combined"``: ``max(|first order|, |input|)`` per unit. First order misses units whose effect
+  cancels or saturates along the way (attention patterns), the input path misses others whose
+  gradient is small in the middle of the path;
+- ``"graddrop"``: AtP*'s GradDrop (Kramár et al. 2024, :mod:`captum_gndi.verify.graddrop`): the
+  largest ``|mean first-order estimate|`` over ``1 + B`` backward passes, each with the gradient
+  through one residual block's branches dropped (``B`` blocks; needs the adapters to find the
+  branches), against cancellation;
+- ``"combined_graddrop"``: ``max(|input|, graddrop)`` per unit (GradDrop's first row is first
+  order).
+
+Why ``"first_order"`` is the default (``docs/results.md``, "A real LLM: screen and verify"; the
+rule: recall first, then the fewest ablations plus screen cost). On SmolLM2-135M no screen finds
+the exact top k in every cell, and recall does not separate the candidates: over 30 task x k
+cells (10 of heads: IOI and factual recall on two prompt versions and induction, k = 10, 20; 20
+of MLP neurons: the final and subject positions of every task, sampled and full brute force)
+first order, ``"combined"``, ``"graddrop"`` and ``"combined_graddrop"`` each leave out 8 true
+top-k units in total (cells with recall 1.0: 23, 23, 24 and 20 of the 26 where the last was
+run; GradDrop's extra cell is a neuron cell, and on IOI it misses the rank-2 head). First order
+then costs least: the same ablations (17.4% of brute force on heads on average, ``"combined"``
+17.2%) for a screen of 0.014-0.022 of exact patching of every head (``"combined"``
+0.068-0.095, GradDrop 0.14-0.19).
 
 Other data (zero, mean or given baselines) has one screen, ``"first_order"``: the norm of the
 first-order G-NDI effect; ``path="input"`` needs input-space baselines that such data lacks.
 Nor can a model without ``get_input_embeddings()`` (on itself or a submodule) be screened along
-the input path, whose token ids are interpolated in the embedding space; ``"auto"`` is
-``"first_order"`` there.
+the input path, whose token ids are interpolated in the embedding space.
 """
 
 from __future__ import annotations
@@ -54,8 +67,7 @@ INPUT_PATH_SCREENS = ("input", "combined", "combined_graddrop")
 
 
 def check_screen(screen: str, patching: bool, n_steps: int, embeddings: bool = True) -> str:
-    """The screen to run: ``"auto"`` is ``"combined"`` on patching data with a model whose input
-    embeddings are found (``get_input_embeddings()``), else ``"first_order"``.
+    """The screen to run: ``"auto"`` is ``"first_order"`` (the module docstring says why).
 
     Args:
         screen: ``"auto"`` or one of :data:`SCREENS`.
@@ -69,7 +81,7 @@ def check_screen(screen: str, patching: bool, n_steps: int, embeddings: bool = T
             embeddings, or ``n_steps`` below 2 for a screen that integrates.
     """
     if screen == "auto":
-        screen = "combined" if patching and embeddings else "first_order"
+        screen = "first_order"
     if screen not in SCREENS:
         raise ValueError(
             f"screen must be 'auto' or one of {SCREENS} (first-order G-NDI, path='input' "

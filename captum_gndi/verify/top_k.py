@@ -7,8 +7,8 @@ of AtP* (Kramár et al. 2024), which screens with attribution patching and verif
 activation patching:
 
 1. **Screen.** Score every unit with first-order G-NDI over the data (:func:`compute_gndi`,
-   with ``layer_mask`` for groups): the predicted damage ``s_u``. On patching data the default
-   screen is the larger of first-order and ``path="input"`` G-NDI per unit (``screen=``,
+   with ``layer_mask`` for groups): the predicted damage ``s_u``. On patching data other
+   screens are offered (``path="input"``, GradDrop and their maxima: ``screen=``,
    :mod:`captum_gndi.verify.screens`).
 2. **Audit.** Ablate a uniform random sample of ``m`` units among those G-NDI does *not* put in
    its top k (default ``m = ceil(k / expected_misses)``, see below), so that the calibration
@@ -24,7 +24,7 @@ Patching data. With a :class:`~captum_gndi.tasks.PatchingTask` (or a loader of `
 corrupted, answers)`` batches) and a metric model ``f(input_ids, answers) -> (N, 1)``, the
 baseline of a unit is its activation on the other prompt of each pair (per example, see
 :mod:`captum_gndi.patching`), the screen is the absolute mean of signed G-NDI estimates
-(``screen=``: first order, ``path="input"``, or the larger of the two, the default), and
+(``screen=``: first order, the default, ``path="input"``, GradDrop or a maximum), and
 the true damage of a unit is the absolute mean of its exact patching effect ``f(x) - f(x;
 do(h_u := b_u))`` (:data:`captum_gndi.interventions.patching.EFFECT`), whose signed value is
 kept in ``result.effects``.
@@ -176,12 +176,16 @@ def verify_top_k(
             a plain model.
         screen: What predicts the damage (:mod:`captum_gndi.verify.screens`):
             ``"first_order"`` (first-order G-NDI: minus attribution patching on patching
-            data), ``"input"`` (``path="input"`` G-NDI, EAP-IG, ``n_steps`` points) or
-            ``"combined"`` (the larger of the two per unit); ``"auto"`` (default):
-            ``"combined"`` on patching data with a model that has ``get_input_embeddings()``,
-            ``"first_order"`` otherwise (the only screen there).
-        n_steps: Input-path points of the ``"input"`` and ``"combined"`` screens (each costs
-            ``n_steps`` forward and backward passes over the data).
+            data), ``"input"`` (``path="input"`` G-NDI, EAP-IG, ``n_steps`` points),
+            ``"combined"`` (the larger of the two per unit), ``"graddrop"`` (AtP*'s GradDrop,
+            :mod:`captum_gndi.verify.graddrop`: the largest first-order estimate with one
+            residual block's gradient dropped; ``1 + B`` backward passes) or
+            ``"combined_graddrop"`` (the larger of ``"input"`` and ``"graddrop"``); every
+            screen but ``"first_order"`` needs patching data. ``"auto"`` (default):
+            ``"first_order"`` (the reason, measured: the screens module).
+        n_steps: Input-path points of the ``"input"``, ``"combined"`` and
+            ``"combined_graddrop"`` screens (each costs ``n_steps`` forward and backward passes
+            over the data).
         largest: ``True`` for the k most damaging units; ``False`` for the k *least* damaging
             ones (e.g. the channels to prune), verified in order of increasing score with the
             mirrored rule (:mod:`captum_gndi.verify.rule`).
