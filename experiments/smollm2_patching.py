@@ -25,6 +25,11 @@ Usage::
     OMP_NUM_THREADS=1 python experiments/smollm2_patching.py --task ioi --n-pairs 16 \
         --units resid,pos_heads --input-steps 4,8 \
         --out benchmarks/results/smollm2_patching_ioi_pos_heads.json
+    python experiments/smollm2_patching.py --replay-rule \
+        benchmarks/results/smollm2_patching_{ioi,factual_recall,induction}_pos_heads.json
+
+``--replay-rule`` replays the stopping rule on the recorded effects under stricter options
+(smaller ``expected_misses``, larger ``audit``) over several audit seeds: no model is loaded.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import torch
 from scipy import stats
 
 from captum_gndi import LayerGNDI, find_layers, tasks, zoo
+from captum_gndi.verify import screen_and_verify
 
 UNIT_TYPES = ("heads", "mlp", "resid", "pos_heads")
 
@@ -444,9 +450,78 @@ def summarize(paths: list[Path]) -> str:
     return "\n".join(rows)
 
 
+RULE_SETTINGS = (
+    ("default", {}),
+    ("expected_misses=0.5", {"expected_misses": 0.5}),
+    ("expected_misses=0.25", {"expected_misses": 0.25}),
+    ("expected_misses=0.1", {"expected_misses": 0.1}),
+    ("audit=4k", {"audit": "4k"}),
+    ("audit=0.01", {"audit": 0.01}),
+    ("audit=0.05", {"audit": 0.05}),
+)
+
+
+def replay_rule(paths: list[Path], seeds: int = 10) -> str:
+    """The markdown table of the stopping rule's replay under stricter options.
+
+    For each run's positions x heads, the rule (``screen_and_verify`` with ``ablate`` a lookup
+    of the recorded brute-force effects) is replayed for the screens of :func:`screens`, k = 10
+    and 20, each option of ``RULE_SETTINGS`` (``audit="4k"`` is ``4 * k`` units) and audit
+    seeds ``0 .. seeds - 1``. A cell is the mean share of brute force (ablations / units) and
+    the mean recall of the true top k over seeds, with the smallest recall in brackets.
+    """
+    from smollm2_verify import combine
+
+    head = "| task | setting | " + " | ".join(
+        f"{name} top {k}" for name in ("first_order", "input_4", "combined") for k in (10, 20)
+    )
+    rows = [head + " |", "|---|---|" + "---:|" * 6]
+    for path in paths:
+        run = json.loads(path.read_text())
+        entry = run["units"]["pos_heads"]
+        inp = next(n for n in entry["screens"] if n.startswith("input_"))
+        means = {k: np.abs(np.asarray(v)) for k, v in entry["estimate_mean"].items()}
+        screen = {"first_order": means["first_order"], inp: means[inp]}
+        screen["combined"] = combine(screen["first_order"], screen[inp])["combined"]
+        true_abs = np.abs(np.asarray(entry["true_mean"]))
+        effects = dict(enumerate(true_abs.tolist()))
+        for label, options in RULE_SETTINGS:
+            cells = []
+            for scores in screen.values():
+                by_unit = dict(enumerate(scores.tolist()))
+                for k in (10, 20):
+                    truth = set(np.argsort(-true_abs, kind="stable")[:k].tolist())
+                    kwargs = dict(options)
+                    if kwargs.get("audit") == "4k":
+                        kwargs["audit"] = 4 * k
+                    share, recall = [], []
+                    for seed in range(seeds):
+                        res = screen_and_verify(
+                            by_unit,
+                            lambda us, effects=effects: {u: effects[u] for u in us},
+                            k,
+                            seed=seed,
+                            **kwargs,
+                        )
+                        share.append(res.n_ablations / len(true_abs))
+                        recall.append(len(truth & set(res.units)) / k)
+                    cells.append(
+                        f"{100 * np.mean(share):.1f}% / {np.mean(recall):.2f} ({min(recall):.2f})"
+                    )
+            rows.append(f"| {run['task']} ({len(true_abs)}) | {label} | {' | '.join(cells)} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--summarize", type=Path, nargs="+", help="print the table of these JSONs")
+    parser.add_argument(
+        "--replay-rule",
+        type=Path,
+        nargs="+",
+        help="print the stopping rule's replay under stricter options on these pos_heads JSONs",
+    )
+    parser.add_argument("--seeds", type=int, default=10, help="audit seeds for --replay-rule")
     parser.add_argument("--task", choices=("ioi", "factual_recall", "induction"), default="ioi")
     parser.add_argument("--n-pairs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -458,8 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         print(summarize(args.summarize))
         return 0
+    if args.replay_rule:
+        print(replay_rule(args.replay_rule, args.seeds))
+        return 0
     if args.out is None:
-        parser.error("--out is required (or --summarize)")
+        parser.error("--out is required (or --summarize or --replay-rule)")
 
     torch.manual_seed(args.seed)
     model, tokenizer = zoo.load_smollm2()

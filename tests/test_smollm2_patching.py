@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -113,3 +114,29 @@ def test_first_order_pos_heads_sum_to_heads(sp, setup):
     by_pos = sp.estimate(f, task, "pos_heads", N_HEADS).reshape(3, 3, 6, N_HEADS)
     heads = sp.estimate(f, task, "heads", N_HEADS).reshape(3, 3, N_HEADS)
     np.testing.assert_allclose(by_pos.sum(2), heads, atol=1e-5)
+
+
+def test_replay_rule_with_an_exact_screen(sp, tmp_path):
+    # a screen equal to the truth: rho = 1, so the rule verifies the top k and the audit only
+    # (k + ceil(k / expected_misses) units by default, k + 5 at audit=0.05, all 100 at 0.1)
+    true = -np.arange(100, 0, -1) / 10.0
+    entry = {
+        "estimate_mean": {"first_order": true.tolist(), "input_4": (2 * true).tolist()},
+        "screens": {"first_order": {}, "input_4": {}, "combined": {}},
+        "true_mean": true.tolist(),
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"task": "toy", "units": {"pos_heads": entry}}))
+    table = sp.replay_rule([path], seeds=2).splitlines()
+    rows = {row.split(" | ")[1]: row for row in table[2:]}
+    assert len(rows) == len(sp.RULE_SETTINGS)
+    assert (
+        rows["default"]
+        == "| toy (100) | default | "
+        + " | ".join(["20.0% / 1.00 (1.00) | 40.0% / 1.00 (1.00)"] * 3)
+        + " |"
+    )
+    assert rows["audit=0.05"].endswith(
+        " | ".join(["15.0% / 1.00 (1.00) | 25.0% / 1.00 (1.00)"] * 3) + " |"
+    )
+    assert "| 100.0% / 1.00 (1.00) |" in rows["expected_misses=0.1"]
