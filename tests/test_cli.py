@@ -214,3 +214,22 @@ def test_console_script_entry_point_is_the_package_main():
     scripts = {e.name: e for e in entry_points(group="console_scripts")}
     if "captum-gndi" in scripts:  # installed (editable or not)
         assert scripts["captum-gndi"].load() is captum_gndi.cli.main
+
+
+def test_a_zoo_model_without_weights_is_seeded_and_named_untrained():
+    """Without --weights the CLI's model is an untrained network: it says so, and the same
+    --seed gives the same weights (and scores), without touching the caller's random state."""
+    from captum_gndi.cli.loaders import load_model
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    with pytest.warns(UserWarning, match="no --weights: .*untrained network"):
+        first = load_model("cifar-resnet20", None, seed=0, verbose=False).model
+    assert torch.equal(torch.random.get_rng_state(), state)
+    with pytest.warns(UserWarning, match="--weights CHECKPOINT"):
+        again = load_model("cifar-resnet20", None, seed=0, verbose=False).model
+        other = load_model("cifar-resnet20", None, seed=1, verbose=False).model
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    conv = "conv1.weight"
+    assert not torch.equal(first.state_dict()[conv], other.state_dict()[conv])

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +196,24 @@ def _hugging_face(path: Path, name: str) -> LoadedModel:
     )
 
 
+@contextmanager
+def _initialisation(name: str, weights: str | None, seed: int) -> Iterator[None]:
+    """Seed the initialisation of a model built without ``--weights`` (``seed``, without touching
+    the caller's random state) and warn that its scores are those of an untrained network."""
+    if weights is not None:
+        yield
+        return
+    warnings.warn(
+        f"{name} has no --weights: its weights are a random initialisation (seeded with --seed "
+        f"{seed}), so any scores describe an untrained network. Pass --weights CHECKPOINT for "
+        "trained weights.",
+        stacklevel=3,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
 def _load_outside_zoo(
     name: str, weights: str | None, seed: int, verbose: bool
 ) -> LoadedModel | None:
@@ -214,7 +234,8 @@ def _load_outside_zoo(
             ) from error
         from ..zoo import load_weights
 
-        model = tv_model(name.split(":", 1)[1])
+        with _initialisation(name, weights, seed):
+            model = tv_model(name.split(":", 1)[1])
         if weights is not None:
             load_weights(model, weights, name)
         return LoadedModel(model.eval(), name, None)
@@ -267,7 +288,8 @@ def load_model(
             return loaded
     if name not in MODEL_NAMES:
         get_model(name)  # raises the zoo's error with close matches
-    model = get_model(name, weights)
+    with _initialisation(name, weights, seed):
+        model = get_model(name, weights)
     data = "digits" if name == "digits-resnet" else "cifar10"
     return LoadedModel(model, name, data, cifar_normalization(name))
 

@@ -16,7 +16,7 @@ __all__ = ["add_parser", "run"]
 _EPILOG = """examples:
   captum-gndi score --model cifar-resnet20 --weights resnet20.th --kind branch --criteria gndi,snip
   # G-NDI as the Fisher norm of the softmax, estimated from 8 random probes per batch
-  captum-gndi score --model cifar-resnet20 --kind branch --norm fisher --n-probes 8
+  captum-gndi score --model cifar-resnet20 --weights r20.th --kind branch --norm fisher --n-probes 8
 """
 
 
