@@ -476,11 +476,7 @@ class LayerGNDI(LayerAttribution, GradientAttribution):
         effects, _ = compute_effects(
             job, mode, granularity, alphas, weights, readout=readout, path=path
         )
-        reference = None
-        if readout.fisher:
-            with torch.no_grad():
-                reference = job.run()
-            readout.output_shape = getattr(job.run, "output_shape", None)
+        reference = readout.clean_output(job.run)
         if signed:
             scores = [signed_effect(effect, label) for effect, label in zip(effects, job.labels)]
         else:

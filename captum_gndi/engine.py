@@ -8,7 +8,7 @@ flattened to ``(N, K)``, plus the intervention points, their baselines and how e
 into units (:mod:`captum_gndi.units`). The results are *effects* with the output dimension first:
 ``(K, N, *unit_shape)`` per layer, where ``unit_shape`` is ``()`` for the whole layer, the
 channel sizes, ``(G,)`` for a ``layer_mask`` or the activation's shape per unit. Scores are
-norms of effects over ``K`` (:func:`effect_norms`).
+norms of effects over ``K`` (:meth:`captum_gndi.readouts.Readout.scores`).
 
 A layer whose output is a tuple of several floating-point tensors of one shape (or, with
 ``attribute_to_layer_input``, a module with several such inputs) is intervened on *jointly*:
@@ -78,7 +78,6 @@ __all__ = [
     "capture_activations",
     "choose_mode",
     "compute_effects",
-    "effect_norms",
     "forward_effects",
     "input_path_passes",
     "pass_counts",
@@ -439,8 +438,3 @@ def signed_effect(effect: Tensor, label: str = "layer") -> Tensor:
             "index, or a metric such as a logit difference as forward_func)."
         )
     return effect[0]
-
-
-def effect_norms(effect: Tensor, p: float) -> Tensor:
-    """The p-norm over the output dimension K (dim 0): the G-NDI score."""
-    return torch.linalg.vector_norm(effect, ord=p, dim=0)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -240,6 +241,23 @@ class Readout:
         mean = (weights * dz).sum(1, keepdim=True)
         u = weights.sqrt() * (dz - mean)
         return torch.linalg.vector_norm(u.flatten(0, 1), ord=2, dim=0)
+
+    def clean_output(self, run: Callable[[], Tensor]) -> Tensor | None:
+        """The clean output :meth:`scores` needs, or ``None`` where it needs none.
+
+        Only the exact Fisher norm reads it (the softmax of the clean logits); the run's
+        per-example output shape (``run.output_shape``, where the run records one) is kept in
+        :attr:`output_shape` to find the class dimension.
+
+        Args:
+            run: The engine job's zero-argument run of the model on the batch.
+        """
+        if not self.fisher or self.n_probes is not None:
+            return None
+        with torch.no_grad():
+            output = run()
+        self.output_shape = getattr(run, "output_shape", None)
+        return output
 
     def probe_stderr(self, effect: Tensor) -> Tensor | None:
         """Standard error of the squared-norm estimate (probes only), per example and unit."""

@@ -573,11 +573,7 @@ def compute_gndi(
         )
         used_modes.add(used)
         mode = used  # decide (and warn about a fallback) once, not on every batch
-        reference = None
-        if readout.fisher and readout.n_probes is None:
-            with torch.no_grad():
-                reference = job.run()
-            readout.output_shape = getattr(job.run, "output_shape", None)
+        reference = readout.clean_output(job.run)
         for name, effect in zip(names, effects):
             if signed:
                 moments.add(name, signed_effect(effect, name))

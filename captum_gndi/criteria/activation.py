@@ -91,11 +91,7 @@ def _gndi_scores(
             warn_cost=index == 0,
         )
         index += 1
-        reference = None
-        if readout.fisher and readout.n_probes is None:
-            with torch.no_grad():
-                reference = job.run()
-            readout.output_shape = getattr(job.run, "output_shape", None)
+        reference = readout.clean_output(job.run)
         norms = {}
         for name, effect, ids in zip(ctx.layer_names, effects, present):
             score = readout.scores(effect, reference)
