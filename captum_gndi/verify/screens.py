@@ -85,7 +85,8 @@ def check_screen(screen: str, patching: bool, n_steps: int, embeddings: bool = T
     if screen not in SCREENS:
         raise ValueError(
             f"screen must be 'auto' or one of {SCREENS} (first-order G-NDI, path='input' "
-            f"G-NDI, or the larger of the two per unit), got {screen!r}."
+            "G-NDI, GradDrop, or the larger of first order and the input path / of the input "
+            f"path and GradDrop per unit), got {screen!r}."
         )
     if screen == "graddrop" and not patching:
         raise ValueError(
